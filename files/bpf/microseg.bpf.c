@@ -1,0 +1,736 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR GPL-3.0-or-later */
+/*
+ * ebpf.microseg: TC micro-segmentation program, compiled by BCC.
+ *
+ * Two entry points share one body:
+ *   microseg_from_container  TC ingress of the host-side veth  (direction egress)
+ *   microseg_to_container    TC egress of the host-side veth   (direction ingress)
+ *
+ * Compile-time parameters (set by plugins/module_utils/_loader.py as -D flags):
+ *   MS_PIN_DIR, MS_POLICY_MAP_SIZE, MS_RANGE_MAP_SIZE, MS_SESSION_MAP_SIZE,
+ *   MS_FRAG_MAP_SIZE, MS_RULE_STATS_SIZE, MS_ENDPOINT_MAP_SIZE, MS_LOG_RING_PAGES
+ * Runtime parameters live in config_map (struct microseg_config).
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#include "microseg.h"
+
+#ifndef MS_PIN_DIR
+#define MS_PIN_DIR "/sys/fs/bpf/microseg"
+#endif
+#ifndef MS_POLICY_MAP_SIZE
+#define MS_POLICY_MAP_SIZE 100000
+#endif
+#ifndef MS_RANGE_MAP_SIZE
+#define MS_RANGE_MAP_SIZE 10000
+#endif
+#ifndef MS_SESSION_MAP_SIZE
+#define MS_SESSION_MAP_SIZE 1000000
+#endif
+#ifndef MS_FRAG_MAP_SIZE
+#define MS_FRAG_MAP_SIZE 8192
+#endif
+#ifndef MS_RULE_STATS_SIZE
+#define MS_RULE_STATS_SIZE 65536
+#endif
+#ifndef MS_ENDPOINT_MAP_SIZE
+#define MS_ENDPOINT_MAP_SIZE 4096
+#endif
+#ifndef MS_LOG_RING_PAGES
+#define MS_LOG_RING_PAGES 16
+#endif
+
+#define MS_PIN(name) MS_PIN_DIR "/" name
+
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO      8
+
+struct icmp_echo_hdr {
+    __u8  type;
+    __u8  code;
+    __u16 checksum;
+    __u16 id;
+    __u16 sequence;
+};
+
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_ACK 0x10
+
+#define IP_MF      0x2000
+#define IP_OFFMASK 0x1fff
+
+#define MS_NSEC_PER_SEC 1000000000ULL
+
+/* ---- maps: every one pinned, so sessions and policy outlive a program upgrade ---- */
+
+BPF_TABLE_PINNED("hash", struct policy_key, struct policy_value, policy_map,
+                 MS_POLICY_MAP_SIZE, MS_PIN("policy_map"));
+BPF_TABLE_PINNED("lpm_trie", struct lpm_key, struct range_value, ip_range_map,
+                 MS_RANGE_MAP_SIZE, MS_PIN("ip_range_map"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct lpm_key, struct range_value, local_range_map,
+                 MS_RANGE_MAP_SIZE, MS_PIN("local_range_map"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct port_lpm_key, struct range_value, port_range_map,
+                 MS_RANGE_MAP_SIZE, MS_PIN("port_range_map"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct sport_lpm_key, struct range_value, sport_range_map,
+                 MS_RANGE_MAP_SIZE, MS_PIN("sport_range_map"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct session_key, struct session_value, session_map,
+                 MS_SESSION_MAP_SIZE, MS_PIN("session_map"), BPF_F_NO_COMMON_LRU);
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, stats_map, STAT_MAX, MS_PIN("stats_map"));
+BPF_TABLE_PINNED("array", __u32, struct map_pressure, map_pressure_map, 1,
+                 MS_PIN("map_pressure_map"));
+BPF_TABLE_PINNED("array", __u32, struct microseg_config, config_map, 1, MS_PIN("config_map"));
+BPF_TABLE_PINNED("hash", __u32, struct rule_stats, rule_stats_map, MS_RULE_STATS_SIZE,
+                 MS_PIN("rule_stats_map"));
+BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_value, frag_map, MS_FRAG_MAP_SIZE,
+                 MS_PIN("frag_map"));
+BPF_TABLE_PINNED("array", __u32, struct log_rate, log_rate_map, 1, MS_PIN("log_rate_map"));
+BPF_TABLE_PINNED("hash", __u32, struct endpoint_value, endpoint_map, MS_ENDPOINT_MAP_SIZE,
+                 MS_PIN("endpoint_map"));
+
+/* BCC's BPF_RINGBUF_OUTPUT cannot be pinned; this is the same table with a pin path. */
+struct log_events_table_t {
+    int key;
+    __u32 leaf;
+    int (*ringbuf_output)(void *, u64, u64);
+    void *(*ringbuf_reserve)(u64);
+    void (*ringbuf_discard)(void *, u64);
+    void (*ringbuf_submit)(void *, u64);
+    __u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" MS_PIN("log_events"))))
+struct log_events_table_t log_events = { .max_entries = MS_LOG_RING_PAGES * 4096 };
+
+/* ---- helpers -------------------------------------------------------------------- */
+
+static __always_inline void stat_add(__u32 idx, __u64 val)
+{
+    __u64 *counter = stats_map.lookup(&idx);
+    if (counter)
+        *counter += val;   /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline int verdict_pass(__u64 len)
+{
+    stat_add(STAT_ALLOWED_PACKETS, 1);
+    stat_add(STAT_ALLOWED_BYTES, len);
+    return TC_ACT_OK;
+}
+
+static __always_inline int verdict_drop(__u64 len)
+{
+    stat_add(STAT_DENIED_PACKETS, 1);
+    stat_add(STAT_DENIED_BYTES, len);
+    return TC_ACT_SHOT;
+}
+
+static __always_inline void port_bytes(__u8 *dst, __u16 port)
+{
+    dst[0] = port >> 8;
+    dst[1] = port & 0xff;
+}
+
+struct flow {
+    __u32 src_ip;        /* as the flow was initiated */
+    __u32 dst_ip;
+    __u16 src_port;
+    __u16 dst_port;
+    __u8  protocol;
+    __u8  direction;
+};
+
+struct decision {
+    __u32 policy_id;
+    __u8  action;
+    __u8  exact;
+};
+
+static __always_inline void count_rule_hit(__u32 policy_id, __u64 now)
+{
+    if (!policy_id)
+        return;
+    struct rule_stats *rs = rule_stats_map.lookup(&policy_id);
+    if (rs) {
+        __sync_fetch_and_add(&rs->hits, 1);
+        rs->last_hit = now;
+    } else {
+        struct rule_stats fresh = { .hits = 1, .last_hit = now };
+        rule_stats_map.insert(&policy_id, &fresh);
+    }
+}
+
+/*
+ * The verdict for the first packet of a flow: exact 5-tuple, else the compiled LPM chain,
+ * else the default action of the direction. Bounded: one hash and at most four LPM lookups.
+ */
+static __always_inline void decide(struct microseg_config *cfg, struct flow *f,
+                                   struct decision *d, __u64 now)
+{
+    __u32 set = cfg->policy_epoch & 1;
+    __u8 dir = f->direction & 1;
+
+    stat_add(STAT_POLICY_LOOKUPS, 1);
+    d->policy_id = 0;
+    d->action = cfg->default_action[dir];
+    d->exact = 0;
+
+    struct policy_key pk = {
+        .src_ip = f->src_ip,
+        .dst_ip = f->dst_ip,
+        .src_port = f->src_port,
+        .dst_port = f->dst_port,
+        .protocol = f->protocol,
+        .direction = dir,
+        .policy_set = set,
+    };
+    struct policy_value *pv = policy_map.lookup(&pk);
+    if (pv) {
+        d->policy_id = pv->policy_id;
+        d->action = pv->action;
+        d->exact = 1;
+        __sync_fetch_and_add(&pv->hit_count, 1);
+        pv->last_hit = now;
+        count_rule_hit(d->policy_id, now);
+        return;
+    }
+
+    __u32 remote = dir == MS_DIR_EGRESS ? f->dst_ip : f->src_ip;
+    __u32 local = dir == MS_DIR_EGRESS ? f->src_ip : f->dst_ip;
+
+    struct lpm_key rk = { .prefixlen = 64, .class_id = (set << 1) | dir, .ip = remote };
+    struct range_value *rv = ip_range_map.lookup(&rk);
+    if (!rv)
+        return;
+    if (!(rv->flags & RANGE_FLAG_FINAL)) {
+        struct lpm_key lk = { .prefixlen = 64, .class_id = rv->next_class, .ip = local };
+        rv = local_range_map.lookup(&lk);
+        if (!rv)
+            return;
+    }
+    if (!(rv->flags & RANGE_FLAG_FINAL)) {
+        struct port_lpm_key ppk = { .prefixlen = 56, .class_id = rv->next_class,
+                                    .protocol = f->protocol };
+        port_bytes(ppk.port, f->dst_port);
+        rv = port_range_map.lookup(&ppk);
+        if (!rv)
+            return;
+    }
+    if (!(rv->flags & RANGE_FLAG_FINAL)) {
+        struct sport_lpm_key spk = { .prefixlen = 48, .class_id = rv->next_class };
+        port_bytes(spk.port, f->src_port);
+        rv = sport_range_map.lookup(&spk);
+        if (!rv)
+            return;
+        if (!(rv->flags & RANGE_FLAG_FINAL))
+            return;   /* a chain longer than four steps is a compiler bug: default */
+    }
+    d->policy_id = rv->policy_id;
+    d->action = rv->action;
+    count_rule_hit(d->policy_id, now);
+}
+
+static __always_inline void emit_log(struct flow *f, struct decision *d, __u32 ifindex,
+                                     __u32 policy_ver, __u8 reason, __u32 rate, __u64 now)
+{
+    __u32 zero = 0;
+    struct log_rate *lr = log_rate_map.lookup(&zero);
+    if (!lr)
+        return;
+    if (now - lr->window_start >= MS_NSEC_PER_SEC) {
+        /* Racy reset across CPUs is fine: the limit is approximate by design. */
+        lr->window_start = now;
+        lr->count = 0;
+    }
+    if (lr->count >= rate) {
+        stat_add(STAT_LOG_SUPPRESSED, 1);
+        return;
+    }
+    __sync_fetch_and_add(&lr->count, 1);
+
+    struct log_event ev = {
+        .timestamp_ns = now,
+        .src_ip = f->src_ip,
+        .dst_ip = f->dst_ip,
+        .src_port = f->src_port,
+        .dst_port = f->dst_port,
+        .protocol = f->protocol,
+        .direction = f->direction,
+        .action = d->action,
+        .reason = reason,
+        .policy_id = d->policy_id,
+        .ifindex = ifindex,
+        .policy_ver = policy_ver,
+    };
+    if (log_events.ringbuf_output(&ev, sizeof(ev), 0) == 0)
+        stat_add(STAT_LOG_EVENTS, 1);
+    else
+        stat_add(STAT_LOG_SUPPRESSED, 1);
+}
+
+static __always_inline int seq_after_eq(__u32 a, __u32 b)
+{
+    return (__s32)(a - b) >= 0;
+}
+
+/*
+ * TCP tracking from the flow initiator's point of view ("orig" = the initiator's
+ * direction). Unlike the seed's table this sees both directions, so:
+ *   initiator closes first:  ESTABLISHED -> FIN_WAIT1 -> FIN_WAIT2 / CLOSING -> TIME_WAIT
+ *   responder closes first:  ESTABLISHED -> CLOSE_WAIT -> LAST_ACK -> CLOSE
+ * A FIN counts as acknowledged only when the peer's ACK covers the FIN's sequence.
+ * Returns 0 for an accepted packet, -1 for an invalid transition, 1 for a new SYN
+ * on a finished session (port reuse: the caller starts a fresh flow).
+ */
+static __always_inline int tcp_track(struct session_value *s, __u8 tf, int orig,
+                                     __u32 seq, __u32 ack_seq, __u32 payload)
+{
+    int syn = tf & TCPF_SYN, ack = tf & TCPF_ACK, fin = tf & TCPF_FIN;
+
+    if (tf & TCPF_RST) {
+        s->state = TCP_CLOSE;
+        return 0;
+    }
+    if (fin) {
+        __u32 end = seq + payload + 1;
+        if (orig) {
+            s->fin_seq_orig = end;
+            s->flags |= SESSION_FLAG_FIN_ORIG;
+        } else {
+            s->fin_seq_reply = end;
+            s->flags |= SESSION_FLAG_FIN_REPLY;
+        }
+    }
+    int acks_orig_fin = !orig && ack && (s->flags & SESSION_FLAG_FIN_ORIG) &&
+                        seq_after_eq(ack_seq, s->fin_seq_orig);
+
+    switch (s->state) {
+    case TCP_SYN_SENT:
+        if (syn && !ack && orig)
+            return 0;                       /* retransmitted SYN */
+        if (syn && ack && !orig) {
+            s->state = TCP_SYN_RECV;
+            s->ack_init = seq;
+            return 0;
+        }
+        return -1;
+    case TCP_SYN_RECV:
+        if (syn)
+            return (ack && !orig) || (!ack && orig) ? 0 : -1;
+        if (ack && orig) {
+            s->state = TCP_ESTABLISHED;
+            if (fin)
+                s->state = TCP_FIN_WAIT1;
+            return 0;
+        }
+        return -1;
+    case TCP_NONE:
+    case TCP_ESTABLISHED:
+        if (syn)
+            return -1;
+        if (fin)
+            s->state = orig ? TCP_FIN_WAIT1 : TCP_CLOSE_WAIT;
+        else if (s->state == TCP_NONE)
+            s->state = TCP_ESTABLISHED;
+        return 0;
+    case TCP_FIN_WAIT1:
+        if (syn)
+            return -1;
+        if (!orig) {
+            if (fin)
+                s->state = acks_orig_fin ? TCP_TIME_WAIT : TCP_CLOSING;
+            else if (acks_orig_fin)
+                s->state = TCP_FIN_WAIT2;
+        }
+        return 0;
+    case TCP_FIN_WAIT2:
+        if (syn)
+            return -1;
+        if (!orig && fin)
+            s->state = TCP_TIME_WAIT;
+        return 0;
+    case TCP_CLOSING:
+        if (syn)
+            return -1;
+        if (acks_orig_fin)
+            s->state = TCP_TIME_WAIT;
+        return 0;
+    case TCP_CLOSE_WAIT:
+        if (syn)
+            return -1;
+        if (orig && fin)
+            s->state = TCP_LAST_ACK;
+        return 0;
+    case TCP_LAST_ACK:
+        if (syn)
+            return -1;
+        if (acks_orig_fin)
+            s->state = TCP_CLOSE;
+        return 0;
+    case TCP_TIME_WAIT:
+    case TCP_CLOSE:
+        if (syn && !ack && orig)
+            return 1;
+        return syn ? -1 : 0;
+    default:
+        return -1;
+    }
+}
+
+static __always_inline struct map_pressure *pressure_get(void)
+{
+    __u32 zero = 0;
+    return map_pressure_map.lookup(&zero);
+}
+
+static __always_inline void syn_sent_inc(struct map_pressure *mp, struct session_value *s)
+{
+    s->flags |= SESSION_FLAG_SYN_COUNTED;
+    if (mp)
+        __sync_fetch_and_add(&mp->syn_sent_count, 1);
+}
+
+static __always_inline void syn_sent_settle(struct map_pressure *mp, struct session_value *s)
+{
+    if (!(s->flags & SESSION_FLAG_SYN_COUNTED) || s->state == TCP_SYN_SENT)
+        return;
+    s->flags &= ~SESSION_FLAG_SYN_COUNTED;
+    /* The monitor rewrites the count from a full scan, so it can be below ours. */
+    if (mp && mp->syn_sent_count > 0)
+        __sync_fetch_and_add(&mp->syn_sent_count, -1);
+}
+
+static __always_inline __u32 pressure_level(struct microseg_config *cfg,
+                                            struct map_pressure *mp)
+{
+    if (!mp || !cfg->pressure_warn_sessions)
+        return PRESSURE_NORMAL;
+    __u32 level = PRESSURE_NORMAL;
+    if (mp->total_sessions >= cfg->pressure_crit_sessions)
+        level = PRESSURE_CRITICAL;
+    else if (mp->total_sessions >= cfg->pressure_warn_sessions)
+        level = PRESSURE_WARNING;
+    if (mp->pressure_level != level)
+        mp->pressure_level = level;   /* write only on change: the line is shared */
+    return level;
+}
+
+static __always_inline void init_session(struct session_value *s, struct decision *d,
+                                         __u32 epoch, __u8 dir, __u64 len, __u64 now)
+{
+    s->session_id = now;
+    s->packets = 1;
+    s->bytes = len;
+    s->last_seen = now;
+    s->policy_id = d->policy_id;
+    s->action = d->action;
+    s->state = TCP_NONE;
+    s->flags = SESSION_FLAG_POLICY_CACHED | (dir == MS_DIR_INGRESS ? SESSION_FLAG_INGRESS : 0);
+    s->seq_init = 0;
+    s->ack_init = 0;
+    s->policy_ver = epoch;
+    s->fin_seq_orig = 0;
+    s->fin_seq_reply = 0;
+    s->parser = 0;
+    s->direction = dir;
+    s->reserved = 0;
+}
+
+/* ---- the packet path ------------------------------------------------------------ */
+
+static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    __u64 len = skb->len;
+    __u64 now = bpf_ktime_get_ns();
+    __u32 zero = 0;
+
+    stat_add(STAT_TOTAL_PACKETS, 1);
+    stat_add(STAT_TOTAL_BYTES, len);
+
+    struct microseg_config *cfg = config_map.lookup(&zero);
+    if (!cfg)
+        return verdict_drop(len);   /* cannot happen for an array; fail closed */
+
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end) {
+        stat_add(STAT_TRUNCATED_DROPS, 1);
+        return verdict_drop(len);
+    }
+    __u16 eth_proto = eth->h_proto;
+    if (eth_proto == bpf_htons(ETH_P_ARP)) {
+        stat_add(STAT_NON_IPV4_PASSED, 1);
+        return verdict_pass(len);
+    }
+    if (eth_proto != bpf_htons(ETH_P_IP)) {
+        __u8 mode = eth_proto == bpf_htons(ETH_P_IPV6) ? cfg->ipv6_mode : cfg->other_l3_mode;
+        if (mode == MS_L3_ALLOW) {
+            stat_add(STAT_NON_IPV4_PASSED, 1);
+            return verdict_pass(len);
+        }
+        stat_add(STAT_NON_IPV4_DROPPED, 1);
+        return verdict_drop(len);
+    }
+
+    struct iphdr *iph = (void *)(eth + 1);
+    if ((void *)(iph + 1) > data_end) {
+        stat_add(STAT_TRUNCATED_DROPS, 1);
+        return verdict_drop(len);
+    }
+    __u32 ihl_bytes = (iph->ihl & 0xf) * 4;
+    /* tot_len, not data_end, bounds the datagram: Ethernet pads short frames. */
+    __u32 tot_len = bpf_ntohs(iph->tot_len);
+    if (ihl_bytes < sizeof(*iph) || (void *)iph + ihl_bytes > data_end || tot_len < ihl_bytes) {
+        stat_add(STAT_TRUNCATED_DROPS, 1);
+        return verdict_drop(len);
+    }
+
+    if (dir == MS_DIR_EGRESS && (cfg->flags & 1)) {
+        __u32 ifindex = skb->ifindex;
+        struct endpoint_value *ep = endpoint_map.lookup(&ifindex);
+        if (ep && ep->ip != iph->saddr) {
+            stat_add(STAT_SPOOF_DROPS, 1);
+            return verdict_drop(len);
+        }
+    }
+
+    __u16 frag_off = bpf_ntohs(iph->frag_off);
+    struct frag_key fk = {
+        .src_ip = iph->saddr,
+        .dst_ip = iph->daddr,
+        .ip_id = iph->id,
+        .protocol = iph->protocol,
+        .direction = dir,
+    };
+    if (frag_off & IP_OFFMASK) {
+        /* A later fragment has no ports: it gets its first fragment's verdict or none. */
+        stat_add(STAT_FRAGMENTS, 1);
+        struct frag_value *fv = frag_map.lookup(&fk);
+        if (fv && fv->action != MS_ACTION_DENY)
+            return verdict_pass(len);
+        stat_add(STAT_FRAGMENT_DROPS, 1);
+        return verdict_drop(len);
+    }
+    int first_fragment = (frag_off & IP_MF) != 0;
+    if (first_fragment)
+        stat_add(STAT_FRAGMENTS, 1);
+
+    struct flow f = {
+        .src_ip = iph->saddr,
+        .dst_ip = iph->daddr,
+        .protocol = iph->protocol,
+        .direction = dir,
+    };
+    __u8 tcp_flags = 0;
+    __u32 seq = 0, ack_seq = 0, payload = 0;
+    __u16 session_port = 0;
+    void *l4 = (void *)iph + ihl_bytes;
+    if (iph->protocol == IPPROTO_TCP) {
+        struct tcphdr *tcp = l4;
+        if ((void *)(tcp + 1) > data_end || ihl_bytes + sizeof(*tcp) > tot_len) {
+            stat_add(STAT_TRUNCATED_DROPS, 1);
+            return verdict_drop(len);
+        }
+        f.src_port = bpf_ntohs(tcp->source);
+        f.dst_port = bpf_ntohs(tcp->dest);
+        tcp_flags = ((__u8 *)tcp)[13];
+        seq = bpf_ntohl(tcp->seq);
+        ack_seq = bpf_ntohl(tcp->ack_seq);
+        __u32 hdrs = ihl_bytes + tcp->doff * 4;
+        payload = tot_len > hdrs ? tot_len - hdrs : 0;
+    } else if (iph->protocol == IPPROTO_UDP) {
+        struct udphdr *udp = l4;
+        if ((void *)(udp + 1) > data_end || ihl_bytes + sizeof(*udp) > tot_len) {
+            stat_add(STAT_TRUNCATED_DROPS, 1);
+            return verdict_drop(len);
+        }
+        f.src_port = bpf_ntohs(udp->source);
+        f.dst_port = bpf_ntohs(udp->dest);
+    } else if (iph->protocol == IPPROTO_ICMP) {
+        struct icmp_echo_hdr *icmp = l4;
+        if ((void *)(icmp + 1) > data_end || ihl_bytes + sizeof(*icmp) > tot_len) {
+            stat_add(STAT_TRUNCATED_DROPS, 1);
+            return verdict_drop(len);
+        }
+        /* Echo request and reply share the identifier: it tells pings apart, so a ping
+         * one way does not open the other way. Policy still sees ICMP without ports. */
+        if (icmp->type == ICMP_ECHO || icmp->type == ICMP_ECHOREPLY)
+            session_port = bpf_ntohs(icmp->id);
+    }
+
+    /* Sessions are keyed container-first, so both directions find the same entry. */
+    struct session_key sk = { .protocol = f.protocol };
+    if (f.protocol == IPPROTO_ICMP) {
+        sk.src_ip = dir == MS_DIR_EGRESS ? f.src_ip : f.dst_ip;
+        sk.dst_ip = dir == MS_DIR_EGRESS ? f.dst_ip : f.src_ip;
+        sk.src_port = session_port;
+        sk.dst_port = session_port;
+    } else if (dir == MS_DIR_EGRESS) {
+        sk.src_ip = f.src_ip;
+        sk.dst_ip = f.dst_ip;
+        sk.src_port = f.src_port;
+        sk.dst_port = f.dst_port;
+    } else {
+        sk.src_ip = f.dst_ip;
+        sk.dst_ip = f.src_ip;
+        sk.src_port = f.dst_port;
+        sk.dst_port = f.src_port;
+    }
+
+    struct map_pressure *mp = pressure_get();
+    struct decision d = {};
+    __u8 action;
+    struct session_value *s = session_map.lookup(&sk);
+    if (s) {
+        stat_add(STAT_SESSION_HITS, 1);
+        __sync_fetch_and_add(&s->packets, 1);
+        __sync_fetch_and_add(&s->bytes, len);
+        s->last_seen = now;
+
+        int restart = 0;
+        if (f.protocol == IPPROTO_TCP) {
+            int r = tcp_track(s, tcp_flags, s->direction == dir, seq, ack_seq, payload);
+            if (r < 0)
+                stat_add(STAT_INVALID_STATE_TRANS, 1);
+            else if (r > 0)
+                restart = 1;
+            syn_sent_settle(mp, s);
+        }
+
+        if (restart) {
+            /* Port reuse after a close: a new flow, decided afresh. */
+            decide(cfg, &f, &d, now);
+            init_session(s, &d, cfg->policy_epoch, dir, len, now);
+            s->state = TCP_SYN_SENT;
+            s->seq_init = seq;
+            syn_sent_inc(mp, s);
+            if (d.action == MS_ACTION_LOG)
+                emit_log(&f, &d, skb->ifindex, s->policy_ver, LOG_REASON_NEW_FLOW,
+                         cfg->log_rate_per_sec, now);
+        } else if (s->policy_ver != cfg->policy_epoch) {
+            /* Policy changed since this flow was decided: decide it again, as initiated. */
+            struct flow orig = { .protocol = sk.protocol, .direction = s->direction };
+            if (s->direction == MS_DIR_EGRESS) {
+                orig.src_ip = sk.src_ip;
+                orig.dst_ip = sk.dst_ip;
+                orig.src_port = sk.src_port;
+                orig.dst_port = sk.dst_port;
+            } else {
+                orig.src_ip = sk.dst_ip;
+                orig.dst_ip = sk.src_ip;
+                orig.src_port = sk.dst_port;
+                orig.dst_port = sk.src_port;
+            }
+            if (orig.protocol != IPPROTO_TCP && orig.protocol != IPPROTO_UDP) {
+                orig.src_port = 0;   /* ICMP echo ids key the session, not the policy */
+                orig.dst_port = 0;
+            }
+            stat_add(STAT_REEVALUATIONS, 1);
+            decide(cfg, &orig, &d, now);
+            if (d.action == MS_ACTION_LOG && s->action != MS_ACTION_LOG)
+                emit_log(&orig, &d, skb->ifindex, cfg->policy_epoch, LOG_REASON_REEVALUATE,
+                         cfg->log_rate_per_sec, now);
+            s->policy_id = d.policy_id;
+            s->action = d.action;
+            s->policy_ver = cfg->policy_epoch;
+        }
+        action = s->action;
+    } else {
+        stat_add(STAT_NEW_SESSIONS, 1);
+        int is_syn = f.protocol == IPPROTO_TCP &&
+                     (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+
+        if (is_syn && cfg->syn_flood_threshold && mp &&
+            mp->syn_sent_count >= cfg->syn_flood_threshold) {
+            stat_add(STAT_TCP_SYN_FLOODS, 1);
+            return verdict_drop(len);
+        }
+        __u32 level = pressure_level(cfg, mp);
+
+        decide(cfg, &f, &d, now);
+        action = d.action;
+
+        struct session_value ns = {};
+        init_session(&ns, &d, cfg->policy_epoch, dir, len, now);
+        if (f.protocol == IPPROTO_TCP) {
+            if (is_syn) {
+                ns.state = TCP_SYN_SENT;
+                ns.seq_init = seq;
+            } else {
+                ns.state = TCP_ESTABLISHED;
+                ns.flags |= SESSION_FLAG_PICKUP;
+            }
+        }
+
+        int tracked = 0;
+        if (level != PRESSURE_CRITICAL) {
+            /* An LRU map evicts rather than failing once full; count what it must evict. */
+            int evicting = mp && cfg->session_max && mp->total_sessions >= cfg->session_max;
+            if (is_syn)
+                syn_sent_inc(mp, &ns);
+            if (session_map.insert(&sk, &ns) == 0) {
+                tracked = 1;
+                if (mp) {
+                    if (evicting) {
+                        __sync_fetch_and_add(&mp->evictions, 1);
+                        stat_add(STAT_LRU_EVICTIONS, 1);
+                    } else {
+                        __sync_fetch_and_add(&mp->total_sessions, 1);
+                    }
+                }
+            } else {
+                if (is_syn && mp && mp->syn_sent_count > 0)
+                    __sync_fetch_and_add(&mp->syn_sent_count, -1);
+                if (mp)
+                    __sync_fetch_and_add(&mp->insertion_failures, 1);
+                stat_add(STAT_INSERT_FAILURES, 1);
+            }
+        }
+        if (!tracked) {
+            /* The seed's degradation: allowed traffic passes untracked, DNS and ICMP
+             * pass, everything else is dropped. */
+            if (action != MS_ACTION_DENY) {
+                stat_add(STAT_UNTRACKED_PASSES, 1);
+            } else if (f.protocol == IPPROTO_ICMP || f.dst_port == 53) {
+                stat_add(STAT_UNTRACKED_PASSES, 1);
+                action = MS_ACTION_ALLOW;
+            } else {
+                stat_add(STAT_MAP_FULL_DROPS, 1);
+            }
+        }
+        if (d.action == MS_ACTION_LOG)
+            emit_log(&f, &d, skb->ifindex, cfg->policy_epoch, LOG_REASON_NEW_FLOW,
+                     cfg->log_rate_per_sec, now);
+    }
+
+    if (first_fragment) {
+        struct frag_value fv = { .first_seen = now, .action = action };
+        frag_map.update(&fk, &fv);
+    }
+    if (action == MS_ACTION_DENY)
+        return verdict_drop(len);
+    return verdict_pass(len);
+}
+
+int microseg_from_container(struct __sk_buff *skb)
+{
+    return microseg_handle(skb, MS_DIR_EGRESS);
+}
+
+int microseg_to_container(struct __sk_buff *skb)
+{
+    return microseg_handle(skb, MS_DIR_INGRESS);
+}
+
+/* The floor for benchmarks: what any TC program costs before it does anything. */
+int microseg_noop(struct __sk_buff *skb)
+{
+    return TC_ACT_OK;
+}

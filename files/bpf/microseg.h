@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: GPL-2.0-only OR GPL-3.0-or-later */
+/*
+ * ebpf.microseg data plane: struct layouts shared by the TC program and user space.
+ *
+ * This header is the single source of truth for every map key and value. The Python
+ * ctypes mirrors in plugins/module_utils/_maps.py are checked against it by
+ * tests/functional/test_layout.py (sizes and offsets compiled from this very file).
+ *
+ * All structs are naturally aligned (no __packed): the program updates 64-bit counters
+ * with atomic adds, which the verifier only accepts on aligned fields.
+ */
+#ifndef MICROSEG_H
+#define MICROSEG_H
+
+/* ---- enums shared with user space -------------------------------------------- */
+
+/* Direction is always seen from the container. */
+#define MS_DIR_EGRESS   0   /* the container sends: TC ingress of the host-side veth */
+#define MS_DIR_INGRESS  1   /* the container receives: TC egress of the host-side veth */
+
+#define MS_ACTION_ALLOW 0
+#define MS_ACTION_DENY  1
+#define MS_ACTION_LOG   2   /* allow, and emit a rate-limited event */
+
+#define MS_L3_ALLOW     0
+#define MS_L3_DROP      1
+
+/* TCP states, the seed's enum (RFC 793 names), seen from the flow's initiator. */
+#define TCP_NONE        0
+#define TCP_SYN_SENT    1
+#define TCP_SYN_RECV    2
+#define TCP_ESTABLISHED 3
+#define TCP_FIN_WAIT1   4
+#define TCP_FIN_WAIT2   5
+#define TCP_TIME_WAIT   6
+#define TCP_CLOSE       7
+#define TCP_CLOSE_WAIT  8
+#define TCP_LAST_ACK    9
+#define TCP_CLOSING     10
+#define TCP_STATE_MAX   11
+
+/* session_value.flags */
+#define SESSION_FLAG_INGRESS        0x0001  /* created by a packet towards the container */
+#define SESSION_FLAG_TLS_DETECTED   0x0002
+#define SESSION_FLAG_HTTP_DETECTED  0x0004
+#define SESSION_FLAG_DPI_REQUIRED   0x0008
+#define SESSION_FLAG_POLICY_CACHED  0x0010
+#define SESSION_FLAG_SYN_COUNTED    0x0020  /* counted in map_pressure.syn_sent_count */
+#define SESSION_FLAG_FIN_ORIG       0x0040  /* fin_seq_orig is valid */
+#define SESSION_FLAG_FIN_REPLY      0x0080  /* fin_seq_reply is valid */
+#define SESSION_FLAG_PICKUP         0x0100  /* first packet seen was mid-stream TCP */
+
+/* range_value.flags */
+#define RANGE_FLAG_FINAL            0x0001  /* policy_id/action decide; next_class unused */
+
+/* Pressure levels, as the seed defines them. */
+#define PRESSURE_NORMAL   0
+#define PRESSURE_WARNING  1
+#define PRESSURE_CRITICAL 2
+
+/* log_event.reason */
+#define LOG_REASON_NEW_FLOW   0
+#define LOG_REASON_REEVALUATE 1
+
+/* stats_map indexes: the seed's 13 counters first, in the seed's order, then ours. */
+#define STAT_TOTAL_PACKETS         0
+#define STAT_ALLOWED_PACKETS       1
+#define STAT_DENIED_PACKETS        2
+#define STAT_TOTAL_BYTES           3
+#define STAT_ALLOWED_BYTES         4
+#define STAT_DENIED_BYTES          5
+#define STAT_NEW_SESSIONS          6
+#define STAT_POLICY_LOOKUPS        7
+#define STAT_SESSION_HITS          8
+#define STAT_MAP_FULL_DROPS        9
+#define STAT_LRU_EVICTIONS         10
+#define STAT_TCP_SYN_FLOODS        11
+#define STAT_INVALID_STATE_TRANS   12
+#define STAT_TRUNCATED_DROPS       13
+#define STAT_NON_IPV4_PASSED       14
+#define STAT_NON_IPV4_DROPPED      15
+#define STAT_FRAGMENTS             16
+#define STAT_FRAGMENT_DROPS        17
+#define STAT_LOG_EVENTS            18
+#define STAT_LOG_SUPPRESSED        19
+#define STAT_UNTRACKED_PASSES      20
+#define STAT_REEVALUATIONS         21
+#define STAT_SPOOF_DROPS           22
+#define STAT_INSERT_FAILURES       23
+#define STAT_MAX                   24
+
+/* ---- map keys and values ----------------------------------------------------- */
+
+/*
+ * policy_map: exact 5-tuple + direction rules. Addresses in network byte order, ports in
+ * host byte order (as in the seed). policy_set selects one of the two policy copies: a
+ * converge writes the inactive copy and flips config.policy_epoch (see struct microseg_config).
+ */
+struct policy_key {
+    __u32 src_ip;
+    __u32 dst_ip;
+    __u16 src_port;
+    __u16 dst_port;
+    __u8  protocol;
+    __u8  direction;
+    __u8  policy_set;
+    __u8  pad;
+};
+
+struct policy_value {
+    __u32 policy_id;
+    __u8  action;
+    __u8  flags;
+    __u16 reserved;
+    __u64 hit_count;
+    __u64 last_hit;
+};
+
+/*
+ * CIDR rules are decided by a chain of longest-prefix lookups that the rule compiler
+ * precomputes, so the cost per packet is bounded whatever the rule count:
+ *   1. ip_range_map    class = (policy_set << 1) | direction, address = remote peer
+ *   2. local_range_map class = next_class of step 1,           address = container
+ *   3. port_range_map  class = next_class of step 2, protocol, destination port
+ *   4. sport_range_map class = next_class of step 3,           source port
+ * A value with RANGE_FLAG_FINAL ends the chain; a miss anywhere means the default action.
+ * class_id is matched in full (prefixlen >= 32) so its byte order only has to agree
+ * between writer and reader; addresses and ports are big-endian so prefixes work.
+ */
+struct lpm_key {
+    __u32 prefixlen;
+    __u32 class_id;
+    __u32 ip;
+};
+
+struct port_lpm_key {
+    __u32 prefixlen;
+    __u32 class_id;
+    __u8  protocol;
+    __u8  port[2];
+    __u8  pad;
+};
+
+struct sport_lpm_key {
+    __u32 prefixlen;
+    __u32 class_id;
+    __u8  port[2];
+    __u8  pad[2];
+};
+
+struct range_value {
+    __u32 policy_id;
+    __u8  action;
+    __u8  priority;
+    __u16 flags;
+    __u32 next_class;
+};
+
+/* Sessions are keyed container-first: both directions of a flow share one entry. */
+struct session_key {
+    __u32 src_ip;      /* the container's address */
+    __u32 dst_ip;      /* the remote peer */
+    __u16 src_port;
+    __u16 dst_port;
+    __u8  protocol;
+    __u8  padding[3];
+};
+
+struct session_value {
+    __u64 session_id;     /* creation time, bpf_ktime_get_ns() */
+    __u64 packets;
+    __u64 bytes;
+    __u64 last_seen;
+    __u32 policy_id;
+    __u8  action;
+    __u8  state;
+    __u16 flags;
+    __u32 seq_init;       /* initiator's ISN */
+    __u32 ack_init;       /* responder's ISN, from the SYN-ACK */
+    __u32 policy_ver;     /* config.policy_epoch the verdict was taken under */
+    __u32 fin_seq_orig;   /* sequence just past the initiator's FIN */
+    __u32 fin_seq_reply;  /* sequence just past the responder's FIN */
+    __u16 parser;
+    __u8  direction;      /* direction of the packet that created the session */
+    __u8  reserved;
+};
+
+struct map_pressure {
+    __u64 total_sessions;
+    __u64 evictions;
+    __u64 insertion_failures;
+    __u64 last_check;
+    __u32 pressure_level;
+    __u32 syn_sent_count;
+};
+
+/*
+ * One entry, written only by user space. policy_epoch is the policy generation; its low
+ * bit is the active policy set. Bumping it is the single 4-byte store that switches a
+ * whole new rule set in and makes every session decided under the old one re-evaluate.
+ */
+struct microseg_config {
+    __u32 policy_epoch;
+    __u8  default_action[2];      /* by direction */
+    __u8  ipv6_mode;              /* MS_L3_ALLOW | MS_L3_DROP */
+    __u8  other_l3_mode;          /* ethertypes that are not IPv4, IPv6 or ARP */
+    __u32 syn_flood_threshold;    /* SYN_SENT sessions; 0 disables the guard */
+    __u32 pressure_warn_sessions; /* 0 disables the pressure levels */
+    __u32 pressure_crit_sessions;
+    __u32 session_max;
+    __u32 log_rate_per_sec;
+    __u32 flags;
+};
+
+struct rule_stats {
+    __u64 hits;
+    __u64 last_hit;
+};
+
+/* Non-first IPv4 fragments carry no ports: they inherit the first fragment's verdict. */
+struct frag_key {
+    __u32 src_ip;
+    __u32 dst_ip;
+    __u16 ip_id;
+    __u8  protocol;
+    __u8  direction;
+};
+
+struct frag_value {
+    __u64 first_seen;
+    __u8  action;
+    __u8  pad[7];
+};
+
+struct log_rate {
+    __u64 window_start;
+    __u64 count;
+};
+
+/* Anti-spoofing: the address a container interface may send from (keyed by ifindex). */
+struct endpoint_value {
+    __u32 ip;
+    __u32 flags;
+};
+
+struct log_event {
+    __u64 timestamp_ns;
+    __u32 src_ip;
+    __u32 dst_ip;
+    __u16 src_port;
+    __u16 dst_port;
+    __u8  protocol;
+    __u8  direction;
+    __u8  action;
+    __u8  reason;
+    __u32 policy_id;
+    __u32 ifindex;
+    __u32 policy_ver;
+    __u32 pad;
+};
+
+#endif /* MICROSEG_H */

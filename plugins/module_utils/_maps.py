@@ -1,0 +1,412 @@
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ctypes mirrors of files/bpf/microseg.h and typed access to the pinned maps.
+
+The C header is the single source of truth; tests/functional/test_layout.py compiles it
+and checks every size and offset here against the compiler's.
+"""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import ctypes
+import os
+import socket
+import struct
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+
+DEFAULT_PIN_PATH = "/sys/fs/bpf/microseg"
+
+DIR_EGRESS = 0
+DIR_INGRESS = 1
+DIRECTIONS = {"egress": DIR_EGRESS, "ingress": DIR_INGRESS}
+
+ACTION_ALLOW = 0
+ACTION_DENY = 1
+ACTION_LOG = 2
+ACTIONS = {"allow": ACTION_ALLOW, "deny": ACTION_DENY, "log": ACTION_LOG}
+ACTION_NAMES = dict((v, k) for k, v in ACTIONS.items())
+
+L3_MODES = {"allow": 0, "drop": 1}
+L3_MODE_NAMES = dict((v, k) for k, v in L3_MODES.items())
+
+CONFIG_FLAG_ANTISPOOF = 1
+
+RANGE_FLAG_FINAL = 0x0001
+
+TCP_STATES = [
+    "NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2",
+    "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "CLOSING",
+]
+TCP_STATE = dict((name, i) for i, name in enumerate(TCP_STATES))
+
+SESSION_FLAG_INGRESS = 0x0001
+SESSION_FLAG_POLICY_CACHED = 0x0010
+SESSION_FLAG_SYN_COUNTED = 0x0020
+SESSION_FLAG_PICKUP = 0x0100
+
+PRESSURE_LEVELS = ["normal", "warning", "critical"]
+
+# The seed's 13 counters first, in the seed's order, then ours (microseg.h STAT_*).
+STAT_NAMES = [
+    "total_packets", "allowed_packets", "denied_packets", "total_bytes", "allowed_bytes",
+    "denied_bytes", "new_sessions", "policy_lookups", "session_hits", "map_full_drops",
+    "lru_evictions", "tcp_syn_floods", "invalid_state_trans",
+    "truncated_drops", "non_ipv4_passed", "non_ipv4_dropped", "fragments",
+    "fragment_drops", "log_events", "log_suppressed", "untracked_passes",
+    "reevaluations", "spoof_drops", "insert_failures",
+]
+STAT = dict((name, i) for i, name in enumerate(STAT_NAMES))
+STAT_MAX = len(STAT_NAMES)
+
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
+PROTOCOL_NAMES = dict((v, k) for k, v in PROTOCOLS.items())
+
+
+class _Struct(ctypes.Structure):
+    """Base for the mirrors: bytes in and out, and a dict view for results."""
+
+    def pack(self):
+        return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
+
+    @classmethod
+    def unpack(cls, data):
+        return cls.from_buffer_copy(bytes(data)[:ctypes.sizeof(cls)])
+
+    def as_dict(self):
+        out = {}
+        for field in self._fields_:
+            value = getattr(self, field[0])
+            if isinstance(value, ctypes.Array):
+                value = list(value)
+            out[field[0]] = value
+        return out
+
+
+class PolicyKey(_Struct):
+    _fields_ = [
+        ("src_ip", ctypes.c_uint32), ("dst_ip", ctypes.c_uint32),
+        ("src_port", ctypes.c_uint16), ("dst_port", ctypes.c_uint16),
+        ("protocol", ctypes.c_uint8), ("direction", ctypes.c_uint8),
+        ("policy_set", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+    ]
+
+
+class PolicyValue(_Struct):
+    _fields_ = [
+        ("policy_id", ctypes.c_uint32), ("action", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8), ("reserved", ctypes.c_uint16),
+        ("hit_count", ctypes.c_uint64), ("last_hit", ctypes.c_uint64),
+    ]
+
+
+class LpmKey(_Struct):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32), ("class_id", ctypes.c_uint32), ("ip", ctypes.c_uint32),
+    ]
+
+
+class PortLpmKey(_Struct):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32), ("class_id", ctypes.c_uint32),
+        ("protocol", ctypes.c_uint8), ("port", ctypes.c_uint8 * 2), ("pad", ctypes.c_uint8),
+    ]
+
+
+class SportLpmKey(_Struct):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32), ("class_id", ctypes.c_uint32),
+        ("port", ctypes.c_uint8 * 2), ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class RangeValue(_Struct):
+    _fields_ = [
+        ("policy_id", ctypes.c_uint32), ("action", ctypes.c_uint8),
+        ("priority", ctypes.c_uint8), ("flags", ctypes.c_uint16),
+        ("next_class", ctypes.c_uint32),
+    ]
+
+
+class SessionKey(_Struct):
+    _fields_ = [
+        ("src_ip", ctypes.c_uint32), ("dst_ip", ctypes.c_uint32),
+        ("src_port", ctypes.c_uint16), ("dst_port", ctypes.c_uint16),
+        ("protocol", ctypes.c_uint8), ("padding", ctypes.c_uint8 * 3),
+    ]
+
+
+class SessionValue(_Struct):
+    _fields_ = [
+        ("session_id", ctypes.c_uint64), ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64), ("last_seen", ctypes.c_uint64),
+        ("policy_id", ctypes.c_uint32), ("action", ctypes.c_uint8),
+        ("state", ctypes.c_uint8), ("flags", ctypes.c_uint16),
+        ("seq_init", ctypes.c_uint32), ("ack_init", ctypes.c_uint32),
+        ("policy_ver", ctypes.c_uint32), ("fin_seq_orig", ctypes.c_uint32),
+        ("fin_seq_reply", ctypes.c_uint32), ("parser", ctypes.c_uint16),
+        ("direction", ctypes.c_uint8), ("reserved", ctypes.c_uint8),
+    ]
+
+
+class MapPressure(_Struct):
+    _fields_ = [
+        ("total_sessions", ctypes.c_uint64), ("evictions", ctypes.c_uint64),
+        ("insertion_failures", ctypes.c_uint64), ("last_check", ctypes.c_uint64),
+        ("pressure_level", ctypes.c_uint32), ("syn_sent_count", ctypes.c_uint32),
+    ]
+
+
+class MicrosegConfig(_Struct):
+    _fields_ = [
+        ("policy_epoch", ctypes.c_uint32), ("default_action", ctypes.c_uint8 * 2),
+        ("ipv6_mode", ctypes.c_uint8), ("other_l3_mode", ctypes.c_uint8),
+        ("syn_flood_threshold", ctypes.c_uint32), ("pressure_warn_sessions", ctypes.c_uint32),
+        ("pressure_crit_sessions", ctypes.c_uint32), ("session_max", ctypes.c_uint32),
+        ("log_rate_per_sec", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+    ]
+
+
+class RuleStats(_Struct):
+    _fields_ = [("hits", ctypes.c_uint64), ("last_hit", ctypes.c_uint64)]
+
+
+class FragKey(_Struct):
+    _fields_ = [
+        ("src_ip", ctypes.c_uint32), ("dst_ip", ctypes.c_uint32),
+        ("ip_id", ctypes.c_uint16), ("protocol", ctypes.c_uint8), ("direction", ctypes.c_uint8),
+    ]
+
+
+class FragValue(_Struct):
+    _fields_ = [
+        ("first_seen", ctypes.c_uint64), ("action", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7),
+    ]
+
+
+class LogRate(_Struct):
+    _fields_ = [("window_start", ctypes.c_uint64), ("count", ctypes.c_uint64)]
+
+
+class EndpointValue(_Struct):
+    _fields_ = [("ip", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class LogEvent(_Struct):
+    _fields_ = [
+        ("timestamp_ns", ctypes.c_uint64), ("src_ip", ctypes.c_uint32),
+        ("dst_ip", ctypes.c_uint32), ("src_port", ctypes.c_uint16),
+        ("dst_port", ctypes.c_uint16), ("protocol", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8), ("action", ctypes.c_uint8), ("reason", ctypes.c_uint8),
+        ("policy_id", ctypes.c_uint32), ("ifindex", ctypes.c_uint32),
+        ("policy_ver", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+    ]
+
+
+# C struct name -> mirror, for the layout test.
+MIRRORS = {
+    "policy_key": PolicyKey, "policy_value": PolicyValue, "lpm_key": LpmKey,
+    "port_lpm_key": PortLpmKey, "sport_lpm_key": SportLpmKey, "range_value": RangeValue,
+    "session_key": SessionKey, "session_value": SessionValue, "map_pressure": MapPressure,
+    "microseg_config": MicrosegConfig, "rule_stats": RuleStats, "frag_key": FragKey,
+    "frag_value": FragValue, "log_rate": LogRate, "endpoint_value": EndpointValue,
+    "log_event": LogEvent,
+}
+
+class _Scalar:
+    def pack(self):
+        return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
+
+    @classmethod
+    def unpack(cls, data):
+        return cls.from_buffer_copy(bytes(data)[:ctypes.sizeof(cls)])
+
+
+class U32(_Scalar, ctypes.c_uint32):
+    pass
+
+
+class U64(_Scalar, ctypes.c_uint64):
+    pass
+
+
+class MapSpec:
+    """What a pinned map must look like; `size_param` names the module option sizing it."""
+
+    def __init__(self, name, map_type, key, value, max_entries=None, flags=0, size_param=None):
+        self.name = name
+        self.map_type = map_type
+        self.key = key
+        self.value = value
+        self.max_entries = max_entries
+        self.flags = flags
+        self.size_param = size_param
+
+    @property
+    def key_size(self):
+        return ctypes.sizeof(self.key) if self.key is not None else 0
+
+    @property
+    def value_size(self):
+        return ctypes.sizeof(self.value) if self.value is not None else 0
+
+    def expected_max_entries(self, sizes):
+        if self.size_param == "log_ring_pages":
+            return sizes["log_ring_pages"] * 4096
+        if self.size_param:
+            return sizes[self.size_param]
+        return self.max_entries
+
+
+MAP_SPECS = [
+    MapSpec("policy_map", bpf.BPF_MAP_TYPE_HASH, PolicyKey, PolicyValue,
+            size_param="policy_map_size"),
+    MapSpec("ip_range_map", bpf.BPF_MAP_TYPE_LPM_TRIE, LpmKey, RangeValue,
+            flags=bpf.BPF_F_NO_PREALLOC, size_param="range_map_size"),
+    MapSpec("local_range_map", bpf.BPF_MAP_TYPE_LPM_TRIE, LpmKey, RangeValue,
+            flags=bpf.BPF_F_NO_PREALLOC, size_param="range_map_size"),
+    MapSpec("port_range_map", bpf.BPF_MAP_TYPE_LPM_TRIE, PortLpmKey, RangeValue,
+            flags=bpf.BPF_F_NO_PREALLOC, size_param="range_map_size"),
+    MapSpec("sport_range_map", bpf.BPF_MAP_TYPE_LPM_TRIE, SportLpmKey, RangeValue,
+            flags=bpf.BPF_F_NO_PREALLOC, size_param="range_map_size"),
+    MapSpec("session_map", bpf.BPF_MAP_TYPE_LRU_HASH, SessionKey, SessionValue,
+            flags=bpf.BPF_F_NO_COMMON_LRU, size_param="session_map_size"),
+    MapSpec("stats_map", bpf.BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, max_entries=STAT_MAX),
+    MapSpec("map_pressure_map", bpf.BPF_MAP_TYPE_ARRAY, U32, MapPressure, max_entries=1),
+    MapSpec("config_map", bpf.BPF_MAP_TYPE_ARRAY, U32, MicrosegConfig, max_entries=1),
+    MapSpec("rule_stats_map", bpf.BPF_MAP_TYPE_HASH, U32, RuleStats,
+            size_param="rule_stats_size"),
+    MapSpec("frag_map", bpf.BPF_MAP_TYPE_LRU_HASH, FragKey, FragValue,
+            size_param="frag_map_size"),
+    MapSpec("log_rate_map", bpf.BPF_MAP_TYPE_ARRAY, U32, LogRate, max_entries=1),
+    MapSpec("endpoint_map", bpf.BPF_MAP_TYPE_HASH, U32, EndpointValue,
+            size_param="endpoint_map_size"),
+    MapSpec("log_events", bpf.BPF_MAP_TYPE_RINGBUF, None, None, size_param="log_ring_pages"),
+]
+MAP_SPEC = dict((spec.name, spec) for spec in MAP_SPECS)
+
+# Map sizes with the seed's values as defaults; these become -D flags of the compile.
+DEFAULT_SIZES = {
+    "policy_map_size": 100000,
+    "range_map_size": 10000,
+    "session_map_size": 1000000,
+    "frag_map_size": 8192,
+    "rule_stats_size": 65536,
+    "endpoint_map_size": 4096,
+    "log_ring_pages": 16,
+}
+
+
+def ip_to_u32(address):
+    """Dotted quad -> the u32 the kernel stores for it (network byte order in memory)."""
+    return struct.unpack("=I", socket.inet_aton(address))[0]
+
+
+def u32_to_ip(value):
+    return socket.inet_ntoa(struct.pack("=I", value))
+
+
+def port_to_bytes(port):
+    return (port >> 8) & 0xff, port & 0xff
+
+
+class PinnedMaps:
+    """The pinned maps of one pin directory, opened by path (no BCC, no compile).
+
+    Use as a context manager so every fd is closed.
+    """
+
+    def __init__(self, pin_path=DEFAULT_PIN_PATH, names=None):
+        self.pin_path = pin_path
+        self.fds = {}
+        wanted = names or [spec.name for spec in MAP_SPECS]
+        try:
+            for name in wanted:
+                self.fds[name] = bpf.obj_get(os.path.join(pin_path, name))
+        except Exception:
+            self.close()
+            raise
+
+    def close(self):
+        for fd in self.fds.values():
+            bpf.close(fd)
+        self.fds = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def fd(self, name):
+        return self.fds[name]
+
+    def info(self, name):
+        return bpf.map_info(self.fds[name])
+
+    # -- single-entry helpers ------------------------------------------------------
+    def lookup(self, name, key):
+        spec = MAP_SPEC[name]
+        raw = bpf.map_lookup(self.fds[name], key.pack(), spec.value_size)
+        return None if raw is None else spec.value.unpack(raw)
+
+    def update(self, name, key, value, flags=0):
+        bpf.map_update(self.fds[name], key.pack(), value.pack(), flags)
+
+    def delete(self, name, key):
+        return bpf.map_delete(self.fds[name], key.pack())
+
+    def items(self, name):
+        """All entries of a keyed map as (key, value) mirrors, read in batches."""
+        spec = MAP_SPEC[name]
+        for k, v in bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size):
+            yield spec.key.unpack(k), spec.value.unpack(v)
+
+    def update_many(self, name, pairs, flags=0):
+        spec = MAP_SPEC[name]
+        items = [(k.pack(), v.pack()) for k, v in pairs]
+        return bpf.map_update_batch(self.fds[name], items, spec.key_size, spec.value_size, flags)
+
+    def clear(self, name):
+        spec = MAP_SPEC[name]
+        keys = [k for k, _v in bpf.map_lookup_batch(self.fds[name], spec.key_size,
+                                                      spec.value_size)]
+        if keys:
+            bpf.map_delete_batch(self.fds[name], keys, spec.key_size)
+        return len(keys)
+
+    def count(self, name):
+        spec = MAP_SPEC[name]
+        return sum(1 for _ in bpf.map_lookup_batch(self.fds[name], spec.key_size,
+                                                   spec.value_size))
+
+    # -- typed views -----------------------------------------------------------------
+    def config(self):
+        return self.lookup("config_map", U32(0))
+
+    def write_config(self, config):
+        self.update("config_map", U32(0), config)
+
+    def pressure(self):
+        return self.lookup("map_pressure_map", U32(0))
+
+    def write_pressure(self, pressure):
+        self.update("map_pressure_map", U32(0), pressure)
+
+    def stats(self):
+        """The stats counters summed over CPUs, by name."""
+        ncpu = len(bpf.possible_cpus())
+        per_cpu = bpf.percpu_value_size(8)
+        totals = {}
+        for index, name in enumerate(STAT_NAMES):
+            raw = bpf.map_lookup(self.fds["stats_map"], U32(index).pack(), per_cpu)
+            values = struct.unpack("=%dQ" % ncpu, raw[:8 * ncpu]) if raw else ()
+            totals[name] = sum(values)
+        return totals
+
+    def reset_stats(self):
+        zero = bytes(bpf.percpu_value_size(8))
+        for index in range(STAT_MAX):
+            bpf.map_update(self.fds["stats_map"], U32(index).pack(), zero, 0)

@@ -1,0 +1,379 @@
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""microseg_program: gather -> compare -> plan -> apply.
+
+`changed`, the diff and check mode all come from the one plan computed here, so a check
+run predicts exactly what a real run does.
+"""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import os
+import time
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+
+HOOKS = ("ingress", "egress")
+STAGING_SUFFIX = "_new"
+
+SIZE_LIMITS = {
+    "policy_map_size": (1, 16 * 1024 * 1024),
+    "range_map_size": (1, 16 * 1024 * 1024),
+    "session_map_size": (16, 64 * 1024 * 1024),
+    "frag_map_size": (16, 1024 * 1024),
+    "rule_stats_size": (1, 16 * 1024 * 1024),
+    "endpoint_map_size": (1, 1024 * 1024),
+    "log_ring_pages": (1, 65536),
+}
+
+
+class ProgramError(Exception):
+    pass
+
+
+def validate(params):
+    """Return the sizes dict; raise ProgramError naming the bad parameter."""
+    sizes = {}
+    for name, (low, high) in SIZE_LIMITS.items():
+        value = params.get(name)
+        if value is None:
+            value = _maps.DEFAULT_SIZES[name]
+        if not low <= value <= high:
+            raise ProgramError("%s: %d is out of range (%d..%d)" % (name, value, low, high))
+        sizes[name] = value
+    pages = sizes["log_ring_pages"]
+    if pages & (pages - 1):
+        raise ProgramError("log_ring_pages: %d is not a power of two (the kernel requires one)"
+                           % pages)
+    for name in ("pressure_warning_percent", "pressure_critical_percent"):
+        if not 0 <= params[name] <= 100:
+            raise ProgramError("%s: %d is not a percentage" % (name, params[name]))
+    if params["pressure_warning_percent"] > params["pressure_critical_percent"]:
+        raise ProgramError("pressure_warning_percent (%d) is above pressure_critical_percent (%d)"
+                           % (params["pressure_warning_percent"],
+                              params["pressure_critical_percent"]))
+    if params["syn_flood_threshold"] < 0 or params["log_rate"] < 0:
+        raise ProgramError("syn_flood_threshold and log_rate must not be negative")
+    if not params["pin_path"].startswith("/"):
+        raise ProgramError("pin_path: %s is not an absolute path" % params["pin_path"])
+    if "." in os.path.basename(params["pin_path"].rstrip("/")):
+        raise ProgramError("pin_path: bpffs refuses names containing '.' (%s)" % params["pin_path"])
+    return sizes
+
+
+def desired_config_fields(params, sizes):
+    """The config_map fields this module owns (policy_epoch and defaults belong to policy)."""
+    session_max = sizes["session_map_size"]
+    warn = params["pressure_warning_percent"]
+    crit = params["pressure_critical_percent"]
+    return {
+        "ipv6_mode": _maps.L3_MODES[params["ipv6"]],
+        "other_l3_mode": _maps.L3_MODES[params["other_l3"]],
+        "syn_flood_threshold": params["syn_flood_threshold"],
+        "pressure_warn_sessions": session_max * warn // 100 if crit else 0,
+        "pressure_crit_sessions": session_max * crit // 100 if crit else 0,
+        "session_max": session_max,
+        "log_rate_per_sec": params["log_rate"],
+    }
+
+
+def _config_view(fields):
+    return {
+        "ipv6": _maps.L3_MODE_NAMES.get(fields["ipv6_mode"]),
+        "other_l3": _maps.L3_MODE_NAMES.get(fields["other_l3_mode"]),
+        "syn_flood_threshold": fields["syn_flood_threshold"],
+        "pressure_warn_sessions": fields["pressure_warn_sessions"],
+        "pressure_crit_sessions": fields["pressure_crit_sessions"],
+        "session_max": fields["session_max"],
+        "log_rate": fields["log_rate_per_sec"],
+    }
+
+
+def gather(params, ipr):
+    pin_path = params["pin_path"]
+    state = {"pin_path": pin_path, "links": _netlink.list_links(ipr), "_ipr": ipr}
+    state["meta"] = _loader.read_meta(pin_path) if os.path.isdir(pin_path) else None
+    state["programs"] = _loader.pinned_program_info(pin_path) if os.path.isdir(pin_path) else {}
+    config = None
+    if os.path.exists(os.path.join(pin_path, "config_map")):
+        with _maps.PinnedMaps(pin_path, names=["config_map"]) as pinned:
+            config = pinned.config()
+    state["config"] = config
+    attached = {}
+    for link in state["links"]:
+        hooks = {}
+        for hook in HOOKS:
+            entry = _netlink.our_filter(ipr, link["index"], hook)
+            if entry:
+                hooks[hook] = entry
+        if hooks:
+            attached[link["name"]] = hooks
+    state["attached"] = attached
+    return state
+
+
+def plan(params, sources, current, sizes):
+    """Compute every action and the before/after views. Pure apart from reading headers."""
+    pin_path = params["pin_path"]
+    links = dict((link["name"], link) for link in current["links"])
+    meta = current["meta"] or {}
+    actions = []
+    result = {"pin_path": pin_path}
+
+    if params["state"] == "absent":
+        for name in sorted(current["attached"]):
+            for hook in sorted(current["attached"][name]):
+                actions.append({"action": "detach", "interface": name, "hook": hook})
+            if name in meta.get("clsact_added", []):
+                actions.append({"action": "remove_clsact", "interface": name})
+        if os.path.isdir(pin_path):
+            actions.append({"action": "unpin", "path": pin_path})
+        before = {"interfaces": _attachment_view(current["attached"]),
+                  "pinned": os.path.isdir(pin_path)}
+        after = {"interfaces": {}, "pinned": False}
+        return actions, before, after, result
+
+    selected = _netlink.select_interfaces(current["links"], params["interfaces"], params["bridge"])
+    hooks = sorted(set(params["hooks"]))
+    key = _loader.cache_key(sources, pin_path, sizes)
+    result["cache_key"] = key
+    have_programs = set(current["programs"]) == set(_loader.PROGRAMS)
+    compile_reason = None
+    if not have_programs:
+        compile_reason = "no pinned program"
+    elif meta.get("cache_key") != key:
+        compile_reason = "source or parameters changed"
+    if compile_reason:
+        actions.append({"action": "compile", "reason": compile_reason})
+        if os.path.isdir(pin_path):
+            mismatched = _loader.map_mismatches(pin_path, sizes)
+            if mismatched:
+                actions.append({"action": "migrate_maps", "maps": mismatched})
+
+    program_ids = dict((fn, info["id"]) for fn, info in current["programs"].items())
+    for name in selected:
+        have = current["attached"].get(name, {})
+        for hook in hooks:
+            function = _loader.HOOK_PROGRAM[hook]
+            entry = have.get(hook)
+            if entry is None:
+                if not have and name not in meta.get("clsact_added", []) and \
+                        not _has_clsact_cached(current, links[name]):
+                    if not any(a.get("interface") == name and a["action"] == "add_clsact"
+                               for a in actions):
+                        actions.append({"action": "add_clsact", "interface": name})
+                actions.append({"action": "attach", "interface": name, "hook": hook})
+            elif compile_reason or entry["prog_id"] != program_ids.get(function):
+                actions.append({"action": "replace", "interface": name, "hook": hook,
+                                "old_prog_id": entry["prog_id"]})
+    for name, have in sorted(current["attached"].items()):
+        for hook in sorted(have):
+            if name not in selected or hook not in hooks:
+                actions.append({"action": "detach", "interface": name, "hook": hook})
+
+    want_config = desired_config_fields(params, sizes)
+    have_config = None
+    if current["config"] is not None:
+        have_config = dict((k, getattr(current["config"], k)) for k in want_config)
+    if have_config != want_config:
+        actions.append({"action": "write_config"})
+
+    before = {
+        "interfaces": _attachment_view(current["attached"]),
+        "cache_key": meta.get("cache_key"),
+        "sizes": meta.get("sizes"),
+        "config": _config_view(have_config) if have_config else None,
+    }
+    after = {
+        "interfaces": dict((name, list(hooks)) for name in selected),
+        "cache_key": key,
+        "sizes": sizes,
+        "config": _config_view(want_config),
+    }
+    result["selected"] = selected
+    result["hooks"] = hooks
+    result["want_config"] = want_config
+    return actions, before, after, result
+
+
+def _has_clsact_cached(current, link):
+    cache = current.setdefault("_clsact", {})
+    if link["index"] not in cache:
+        cache[link["index"]] = current["_ipr"] is not None and \
+            _netlink.has_clsact(current["_ipr"], link["index"])
+    return cache[link["index"]]
+
+
+def _attachment_view(attached):
+    return dict((name, sorted(hooks)) for name, hooks in attached.items())
+
+
+def apply(params, sources, current, actions, sizes, headers_fn, ipr):
+    """Carry the plan out. On any failure the previous program stays attached."""
+    pin_path = params["pin_path"]
+    links = dict((link["name"], link) for link in current["links"])
+    meta = dict(current["meta"] or {})
+    report = {"compiled": False}
+
+    if params["state"] == "absent":
+        for act in actions:
+            index = links.get(act.get("interface"), {}).get("index")
+            if act["action"] == "detach" and index:
+                _netlink.detach(ipr, index, act["hook"])
+            elif act["action"] == "remove_clsact" and index:
+                left = [f for hook in HOOKS for f in _netlink.hook_filters(ipr, index, hook)]
+                if not left:
+                    _netlink.del_clsact(ipr, index)
+            elif act["action"] == "unpin":
+                report["unpinned"] = _loader.remove_pins(pin_path)
+        return report
+
+    report["bpffs_mounted"] = _loader.ensure_pin_dir(pin_path)
+    kinds = set(act["action"] for act in actions)
+    staged = False
+    fds = {}
+    try:
+        if "compile" in kinds:
+            headers = headers_fn()
+            report["headers"] = dict((k, v) for k, v in headers.items() if k != "env")
+            moved = []
+            migrate = [a for a in actions if a["action"] == "migrate_maps"]
+            if migrate:
+                moved = _loader.set_aside(pin_path, [m["map"] for m in migrate[0]["maps"]])
+            try:
+                fds, seconds = _loader.compile_and_load(sources, pin_path, sizes, headers)
+            except Exception:
+                _restore_set_aside(pin_path, moved)
+                raise
+            report["compiled"] = True
+            report["compile_seconds"] = round(seconds, 3)
+            _loader.pin_programs(fds, pin_path, STAGING_SUFFIX)
+            staged = True
+            if moved:
+                report["maps_migrated"] = _loader.migrate_maps(pin_path, moved)
+            meta.update({
+                "cache_key": _loader.cache_key(sources, pin_path, sizes),
+                "source_sha256": _loader.source_hash(sources),
+                "sizes": sizes,
+                "headers": report["headers"],
+                "bcc_version": _loader.bcc_version(),
+                "compiled_at": time.time(),
+                "compile_seconds": report["compile_seconds"],
+            })
+        else:
+            fds = _loader.open_pinned_programs(pin_path)
+
+        if "write_config" in kinds or "compile" in kinds:
+            _write_config(pin_path, params, sizes)
+
+        switched = []
+        clsact_added = set(meta.get("clsact_added", []))
+        try:
+            for act in actions:
+                if act["action"] not in ("add_clsact", "attach", "replace"):
+                    continue
+                index = links[act["interface"]]["index"]
+                if act["action"] == "add_clsact":
+                    if not _netlink.has_clsact(ipr, index):
+                        _netlink.add_clsact(ipr, index)
+                        clsact_added.add(act["interface"])
+                    continue
+                function = _loader.HOOK_PROGRAM[act["hook"]]
+                _netlink.attach(ipr, index, act["hook"], fds[function], function)
+                switched.append(act)
+        except Exception:
+            _roll_back(ipr, links, switched, pin_path)
+            raise
+        if staged:
+            _loader.promote_programs(pin_path, STAGING_SUFFIX)
+            staged = False
+
+        for act in actions:
+            if act["action"] == "detach":
+                link = links.get(act["interface"])
+                if link:
+                    _netlink.detach(ipr, link["index"], act["hook"])
+                    if act["interface"] in clsact_added and not any(
+                            _netlink.hook_filters(ipr, link["index"], hook) for hook in HOOKS):
+                        _netlink.del_clsact(ipr, link["index"])
+                        clsact_added.discard(act["interface"])
+
+        attached_now = {}
+        for link in _netlink.list_links(ipr):
+            hooks = [hook for hook in HOOKS if _netlink.our_filter(ipr, link["index"], hook)]
+            if hooks:
+                attached_now[link["name"]] = hooks
+        meta["interfaces"] = attached_now
+        meta["clsact_added"] = sorted(n for n in clsact_added if n in attached_now)
+        meta["pin_path"] = pin_path
+        _loader.write_meta(pin_path, meta)
+    finally:
+        for fd in fds.values():
+            bpf.close(fd)
+        if staged:
+            for pin, _hook in _loader.PROGRAMS.values():
+                path = os.path.join(pin_path, pin + STAGING_SUFFIX)
+                if os.path.lexists(path):
+                    os.unlink(path)
+    return report
+
+
+def _restore_set_aside(pin_path, moved):
+    for name in moved:
+        new = os.path.join(pin_path, name)
+        old = os.path.join(pin_path, name + "_old")
+        if os.path.lexists(old):
+            if os.path.lexists(new):
+                os.unlink(new)
+            os.rename(old, new)
+
+
+def _roll_back(ipr, links, switched, pin_path):
+    """Put the previously pinned program back on the hooks we already switched."""
+    try:
+        old = _loader.open_pinned_programs(pin_path)
+    except Exception:
+        old = {}
+    try:
+        for act in switched:
+            function = _loader.HOOK_PROGRAM[act["hook"]]
+            index = links[act["interface"]]["index"]
+            if act["action"] == "replace" and function in old:
+                _netlink.attach(ipr, index, act["hook"], old[function], function)
+            elif act["action"] == "attach":
+                _netlink.detach(ipr, index, act["hook"])
+    finally:
+        for fd in old.values():
+            bpf.close(fd)
+
+
+def _write_config(pin_path, params, sizes):
+    with _maps.PinnedMaps(pin_path, names=["config_map"]) as pinned:
+        config = pinned.config() or _maps.MicrosegConfig()
+        for key, value in desired_config_fields(params, sizes).items():
+            setattr(config, key, value)
+        pinned.write_config(config)
+
+
+def describe(params, ipr):
+    """Per-interface attachment and program ids, read back after apply."""
+    pin_path = params["pin_path"]
+    programs = _loader.pinned_program_info(pin_path) if os.path.isdir(pin_path) else {}
+    interfaces = {}
+    for link in _netlink.list_links(ipr):
+        hooks = {}
+        for hook in HOOKS:
+            entry = _netlink.our_filter(ipr, link["index"], hook)
+            if entry:
+                hooks[hook] = {"prog_id": entry["prog_id"], "tag": entry["tag"],
+                               "program": entry["name"]}
+        if hooks:
+            interfaces[link["name"]] = hooks
+    progs = dict((fn, {"id": info["id"], "tag": info["tag"], "name": info.get("name")})
+                 for fn, info in programs.items())
+    return interfaces, progs

@@ -1,0 +1,306 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: microseg_program
+short_description: Compile, pin and attach the microseg eBPF TC program
+version_added: 0.1.0
+description:
+  - Compiles C(files/bpf/microseg.bpf.c) of this collection with BCC on the target, pins its
+    maps and programs under O(pin_path), and attaches the programs to the TC hooks of the
+    selected interfaces (the host-side ends of container veth pairs).
+  - The TC C(ingress) hook of a host-side veth sees what the container sends (policy
+    direction C(egress)); the TC C(egress) hook sees what it receives (direction C(ingress)).
+  - Compiles only when the source or a compile parameter changed; the cache key is stored
+    with the pins. A second identical run changes nothing and compiles nothing.
+  - Replacing a program is a netlink filter replace at a fixed priority and handle, so no
+    packet meets an unfiltered hook; maps are reused through their pins, so sessions and
+    policy survive an upgrade. If a map size changes, entries are copied into the new map.
+  - When the running kernel has no matching headers package, the closest installed
+    C(linux-headers-*) tree is used (Debian's split arch and common trees are merged into
+    a cache directory for BCC); RV(headers) reports which.
+  - The action plugin of the same name sends the C source from the controller, so the
+    module works ad hoc on a host that never ran a role.
+author:
+  - ebpf.microseg developers
+requirements:
+  - BCC python bindings on the target (Debian/Ubuntu C(python3-bpfcc), RHEL C(python3-bcc))
+  - pyroute2 on the target
+  - kernel headers, or a nearby C(linux-headers-*) package (see description)
+  - root on the target
+attributes:
+  check_mode:
+    support: full
+    description: Reports the planned actions and the predicted state without compiling or attaching.
+  diff_mode:
+    support: full
+    description: Shows attachments, compile cache key, map sizes and runtime settings before and after.
+  idempotent:
+    support: full
+    description: A second run with the same parameters reports C(changed=false) and does not compile.
+options:
+  interfaces:
+    description:
+      - Interface names or shell globs (for example C(veth*)). A name without glob characters
+        that does not exist is an error; a glob may match nothing.
+    type: list
+    elements: str
+    default: []
+  bridge:
+    description:
+      - Attach to every port of this Linux bridge (the bridge itself is never attached).
+    type: str
+  hooks:
+    description:
+      - TC hooks to attach to. C(ingress) filters traffic the container sends, C(egress)
+        traffic it receives.
+    type: list
+    elements: str
+    choices: [ingress, egress]
+    default: [ingress, egress]
+  state:
+    description:
+      - C(present) attaches to exactly the selected interfaces and hooks (detaching from
+        interfaces no longer selected).
+      - C(absent) detaches everywhere, removes clsact qdiscs this module added (only when no
+        other filter is left on them) and unpins everything under O(pin_path).
+    type: str
+    choices: [present, absent]
+    default: present
+  pin_path:
+    description: Directory on bpffs for the pinned maps and programs. bpffs is mounted if needed.
+    type: path
+    default: /sys/fs/bpf/microseg
+  policy_map_size:
+    description: Entries of C(policy_map), exact 5-tuple rules.
+    type: int
+    default: 100000
+  range_map_size:
+    description: Entries of each CIDR/port LPM map.
+    type: int
+    default: 10000
+  session_map_size:
+    description: Entries of the session LRU map.
+    type: int
+    default: 1000000
+  frag_map_size:
+    description: Entries of the IPv4 fragment verdict map.
+    type: int
+    default: 8192
+  rule_stats_size:
+    description: Entries of the per-rule hit counter map.
+    type: int
+    default: 65536
+  endpoint_map_size:
+    description: Entries of the anti-spoofing endpoint map.
+    type: int
+    default: 4096
+  log_ring_pages:
+    description: Pages of the LOG event ring buffer (a power of two).
+    type: int
+    default: 16
+  syn_flood_threshold:
+    description:
+      - New SYNs are dropped while this many sessions are in SYN_SENT. C(0) disables the guard.
+    type: int
+    default: 10000
+  pressure_warning_percent:
+    description: Session map fill at which the pressure level becomes C(warning).
+    type: int
+    default: 70
+  pressure_critical_percent:
+    description:
+      - Session map fill at which the pressure level becomes C(critical) and new flows are
+        degraded (allowed flows pass untracked, DNS and ICMP pass, the rest is dropped).
+        C(0) disables the pressure levels.
+    type: int
+    default: 90
+  ipv6:
+    description: What happens to IPv6 frames.
+    type: str
+    choices: [allow, drop]
+    default: drop
+  other_l3:
+    description: What happens to frames that are neither IPv4, IPv6 nor ARP (ARP always passes).
+    type: str
+    choices: [allow, drop]
+    default: drop
+  log_rate:
+    description: Maximum LOG events per second emitted to the ring buffer.
+    type: int
+    default: 100
+  bpf_source:
+    description:
+      - Internal. The C source files, filled in by the action plugin from the collection's
+        C(files/bpf/). Do not set it.
+    type: dict
+notes:
+  - Until a policy is converged with M(ebpf.microseg.microseg_policy) the default action in
+    both directions is C(allow), so attaching never cuts a host off by itself.
+"""
+
+EXAMPLES = r"""
+- name: Filter every port of the container bridge
+  ebpf.microseg.microseg_program:
+    bridge: br0
+
+- name: Filter container veths by name, with a smaller session table
+  ebpf.microseg.microseg_program:
+    interfaces: ["veth*", "cni0-*"]
+    session_map_size: 262144
+
+- name: Remove the program, its filters and pins
+  ebpf.microseg.microseg_program:
+    state: absent
+"""
+
+RETURN = r"""
+interfaces:
+  description: Attachment per interface after the run, by TC hook.
+  returned: always
+  type: dict
+  sample: {"veth-web1": {"ingress": {"prog_id": 42, "tag": "a1b2c3d4e5f60718",
+           "program": "microseg_from_container"}, "egress": {"prog_id": 43, "tag": "...",
+           "program": "microseg_to_container"}}}
+programs:
+  description: The pinned programs, by function.
+  returned: always
+  type: dict
+  sample: {"microseg_from_container": {"id": 42, "tag": "a1b2c3d4e5f60718"}}
+compiled:
+  description: Whether BCC compiled the program in this run.
+  returned: always
+  type: bool
+compile_seconds:
+  description: Time BCC took to compile and load.
+  returned: when compiled
+  type: float
+headers:
+  description: Kernel headers BCC used (kind installed, kheaders or fallback; path; version).
+  returned: when compiled
+  type: dict
+actions:
+  description: The plan that was (or in check mode would be) carried out.
+  returned: always
+  type: list
+  elements: dict
+cache_key:
+  description: Hash of source and compile parameters stored with the pins.
+  returned: when state is present
+  type: str
+maps_migrated:
+  description: Entries copied per map whose size changed.
+  returned: when a map was resized
+  type: dict
+pin_path:
+  description: The pin directory.
+  returned: always
+  type: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.plugins.module_utils import _program
+
+try:
+    import bcc  # noqa: F401  pylint: disable=unused-import
+    HAS_BCC = True
+    BCC_IMPORT_ERROR = None
+except ImportError:
+    HAS_BCC = False
+    BCC_IMPORT_ERROR = traceback.format_exc()
+
+
+def argument_spec():
+    return dict(
+        interfaces=dict(type="list", elements="str", default=[]),
+        bridge=dict(type="str"),
+        hooks=dict(type="list", elements="str", choices=["ingress", "egress"],
+                   default=["ingress", "egress"]),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
+        policy_map_size=dict(type="int", default=100000),
+        range_map_size=dict(type="int", default=10000),
+        session_map_size=dict(type="int", default=1000000),
+        frag_map_size=dict(type="int", default=8192),
+        rule_stats_size=dict(type="int", default=65536),
+        endpoint_map_size=dict(type="int", default=4096),
+        log_ring_pages=dict(type="int", default=16),
+        syn_flood_threshold=dict(type="int", default=10000),
+        pressure_warning_percent=dict(type="int", default=70),
+        pressure_critical_percent=dict(type="int", default=90),
+        ipv6=dict(type="str", choices=["allow", "drop"], default="drop"),
+        other_l3=dict(type="str", choices=["allow", "drop"], default="drop"),
+        log_rate=dict(type="int", default=100),
+        bpf_source=dict(type="dict"),
+    )
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    params = module.params
+    if not _netlink.HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2"),
+                         exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
+    if params["state"] == "present":
+        if not HAS_BCC:
+            module.fail_json(msg=missing_required_lib("bcc (python3-bpfcc or python3-bcc)"),
+                             exception=BCC_IMPORT_ERROR)
+        if not params["interfaces"] and not params["bridge"]:
+            module.fail_json(msg="state=present needs interfaces or bridge")
+        if not params["bpf_source"]:
+            module.fail_json(msg="bpf_source is missing: run this module through its action "
+                                 "plugin (ebpf.microseg.microseg_program), not directly")
+
+    try:
+        sizes = _program.validate(params)
+    except _program.ProgramError as exc:
+        module.fail_json(msg=str(exc))
+    sources = params["bpf_source"] or {}
+
+    ipr = _netlink.open_route()
+    try:
+        try:
+            current = _program.gather(params, ipr)
+            actions, before, after, result = _program.plan(params, sources, current, sizes)
+        except (_netlink.NetlinkError, _program.ProgramError, _loader.LoaderError) as exc:
+            module.fail_json(msg=str(exc))
+        changed = bool(actions)
+        output = dict(changed=changed, actions=actions, pin_path=params["pin_path"],
+                      compiled=False)
+        if "cache_key" in result:
+            output["cache_key"] = result["cache_key"]
+        if module._diff:
+            output["diff"] = dict(before=before, after=after)
+        if changed and not module.check_mode:
+            try:
+                report = _program.apply(params, sources, current, actions, sizes,
+                                        _loader.find_kernel_headers, ipr)
+            except (_loader.LoaderError, _netlink.NetlinkError, _program.ProgramError,
+                    OSError) as exc:
+                module.fail_json(msg="microseg_program: %s (the previous program, if any, is "
+                                     "still attached)" % exc, actions=actions)
+            output.update(report)
+        if module.check_mode and changed:
+            output["interfaces"] = dict((name, dict((hook, {}) for hook in hooks))
+                                        for name, hooks in after["interfaces"].items())
+            output["programs"] = {}
+        else:
+            output["interfaces"], output["programs"] = _program.describe(params, ipr)
+    finally:
+        ipr.close()
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""microseg_program through real ansible-playbook runs on this host.
+
+Each scenario uses its own bridge, veths and pin directory, and removes them.
+"""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import os
+
+import pytest
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
+from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
+
+SMALL = {"policy_map_size": 2048, "range_map_size": 1024, "session_map_size": 16384}
+
+
+@pytest.fixture
+def lab():
+    lab = Lab(subnet="198.18.101", names=("a", "b"))
+    pin = new_pin_path("mod")
+    try:
+        yield lab, pin
+    finally:
+        # Whatever a test left: remove our filters and pins before the links go.
+        ipr = _netlink.open_route()
+        try:
+            for ctr in lab.containers.values():
+                idx = ipr.link_lookup(ifname=ctr.host_if)
+                for hook in ("ingress", "egress"):
+                    if idx and _netlink.our_filter(ipr, idx[0], hook):
+                        _netlink.detach(ipr, idx[0], hook)
+        finally:
+            ipr.close()
+        lab.destroy()
+        _loader.remove_pins(pin)
+
+
+def program_task(pin, lab, **extra):
+    args = {"bridge": lab.bridge, "pin_path": pin}
+    args.update(SMALL)
+    args.update(extra)
+    return {"name": "microseg program", "ebpf.microseg.microseg_program": args}
+
+
+def attachments(lab):
+    ipr = _netlink.open_route()
+    try:
+        out = {}
+        for ctr in lab.containers.values():
+            idx = ipr.link_lookup(ifname=ctr.host_if)[0]
+            out[ctr.host_if] = dict(
+                (hook, (_netlink.our_filter(ipr, idx, hook) or {}).get("prog_id"))
+                for hook in ("ingress", "egress"))
+            out[ctr.host_if]["clsact"] = _netlink.has_clsact(ipr, idx)
+        return out
+    finally:
+        ipr.close()
+
+
+def test_present_twice_then_absent(lab):
+    lab, pin = lab
+    first = run_playbook([program_task(pin, lab)])
+    res = first.task()
+    assert first.rc == 0, first.stdout
+    assert res["changed"] is True and res["compiled"] is True
+    assert res["headers"]["kind"] in ("installed", "kheaders", "fallback")
+    assert set(res["interfaces"]) == set(c.host_if for c in lab.containers.values())
+    attached = attachments(lab)
+    for host_if, hooks in attached.items():
+        assert hooks["ingress"] == res["programs"]["microseg_from_container"]["id"]
+        assert hooks["egress"] == res["programs"]["microseg_to_container"]["id"]
+        assert hooks["clsact"]
+    for spec in _maps.MAP_SPECS:
+        assert os.path.exists(os.path.join(pin, spec.name)), spec.name
+    with _maps.PinnedMaps(pin, names=["policy_map", "config_map"]) as pinned:
+        assert pinned.info("policy_map")["max_entries"] == SMALL["policy_map_size"]
+        assert pinned.config().session_max == SMALL["session_map_size"]
+
+    second = run_playbook([program_task(pin, lab)])
+    res2 = second.task()
+    assert second.rc == 0
+    assert res2["changed"] is False and res2["compiled"] is False
+    assert res2["actions"] == []
+    assert attachments(lab) == attached
+
+    gone = run_playbook([{"ebpf.microseg.microseg_program": {"state": "absent",
+                                                             "pin_path": pin}}])
+    assert gone.rc == 0 and gone.task()["changed"] is True
+    for hooks in attachments(lab).values():
+        assert hooks == {"ingress": None, "egress": None, "clsact": False}
+    assert not os.path.exists(pin)
+
+    again = run_playbook([{"ebpf.microseg.microseg_program": {"state": "absent",
+                                                              "pin_path": pin}}])
+    assert again.rc == 0 and again.task()["changed"] is False
+
+
+def test_check_mode_predicts_and_changes_nothing(lab):
+    lab, pin = lab
+    check = run_playbook([program_task(pin, lab)], check=True, diff=True)
+    res = check.task()
+    assert check.rc == 0
+    assert res["changed"] is True and res["compiled"] is False
+    assert {"action": "compile", "reason": "no pinned program"} in res["actions"]
+    assert sorted(res["diff"]["after"]["interfaces"]) == sorted(
+        c.host_if for c in lab.containers.values())
+    assert not os.path.exists(pin)
+    assert all(h == {"ingress": None, "egress": None, "clsact": False}
+               for h in attachments(lab).values())
+
+    real = run_playbook([program_task(pin, lab)], diff=True)
+    assert real.task()["diff"]["after"] == res["diff"]["after"]
+
+    # A runtime-only change: check mode names it, the real run applies it without compiling.
+    check2 = run_playbook([program_task(pin, lab, syn_flood_threshold=77)], check=True)
+    assert check2.task()["changed"] is True
+    assert [a["action"] for a in check2.task()["actions"]] == ["write_config"]
+    with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
+        assert pinned.config().syn_flood_threshold == 10000
+    real2 = run_playbook([program_task(pin, lab, syn_flood_threshold=77)])
+    assert real2.task()["changed"] is True and real2.task()["compiled"] is False
+    with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
+        assert pinned.config().syn_flood_threshold == 77
+
+
+def test_bad_input_fails_clearly_and_keeps_the_program(lab):
+    lab, pin = lab
+    assert run_playbook([program_task(pin, lab)]).rc == 0
+    before = attachments(lab)
+
+    bad_if = run_playbook([program_task(pin, lab, interfaces=["nosuch0"])])
+    assert bad_if.rc != 0
+    assert "interfaces: nosuch0 does not exist" in bad_if.task()["msg"]
+
+    bad_size = run_playbook([program_task(pin, lab, policy_map_size=0)])
+    assert bad_size.rc != 0
+    assert "policy_map_size" in bad_size.task()["msg"]
+
+    bad_ring = run_playbook([program_task(pin, lab, log_ring_pages=3)])
+    assert "log_ring_pages" in bad_ring.task()["msg"]
+
+    bad_bridge = run_playbook([{"ebpf.microseg.microseg_program": {
+        "bridge": "nosuchbr0", "pin_path": pin}}])
+    assert "bridge: nosuchbr0 does not exist" in bad_bridge.task()["msg"]
+
+    assert attachments(lab) == before
+
+
+def test_recompile_replaces_program_and_keeps_sessions(lab):
+    lab, pin = lab
+    assert run_playbook([program_task(pin, lab)]).rc == 0
+    first = attachments(lab)
+    with _maps.PinnedMaps(pin, names=["session_map"]) as pinned:
+        key = _maps.SessionKey(src_ip=_maps.ip_to_u32("198.18.101.10"),
+                               dst_ip=_maps.ip_to_u32("198.18.101.20"), src_port=1,
+                               dst_port=2, protocol=17)
+        pinned.update("session_map", key, _maps.SessionValue(packets=5))
+    # A different size of another map changes the compile: new program, same sessions.
+    res = run_playbook([program_task(pin, lab, frag_map_size=512)]).task()
+    assert res["changed"] is True and res["compiled"] is True
+    assert res["maps_migrated"] == {"frag_map": 0}
+    second = attachments(lab)
+    for host_if in first:
+        assert second[host_if]["ingress"] != first[host_if]["ingress"]
+        assert second[host_if]["ingress"] is not None
+    with _maps.PinnedMaps(pin, names=["session_map", "frag_map"]) as pinned:
+        assert pinned.lookup("session_map", key).packets == 5
+        assert pinned.info("frag_map")["max_entries"] == 512
+
+
+def test_resizing_the_session_map_copies_sessions(lab):
+    lab, pin = lab
+    assert run_playbook([program_task(pin, lab)]).rc == 0
+    with _maps.PinnedMaps(pin, names=["session_map"]) as pinned:
+        pairs = []
+        for port in range(100):
+            key = _maps.SessionKey(src_ip=_maps.ip_to_u32("198.18.101.10"),
+                                   dst_ip=_maps.ip_to_u32("198.18.101.20"),
+                                   src_port=port, dst_port=80, protocol=6)
+            pairs.append((key, _maps.SessionValue(packets=port)))
+        pinned.update_many("session_map", pairs)
+    res = run_playbook([program_task(pin, lab, session_map_size=32768)]).task()
+    assert res["compiled"] is True
+    assert res["maps_migrated"] == {"session_map": 100}
+    with _maps.PinnedMaps(pin, names=["session_map"]) as pinned:
+        assert pinned.info("session_map")["max_entries"] == 32768
+        assert pinned.count("session_map") == 100
+        assert not os.path.exists(os.path.join(pin, "session_map_old"))
+
+
+def test_interfaces_by_glob_and_detach_when_deselected(lab):
+    lab, pin = lab
+    a, b = lab["a"], lab["b"]
+    res = run_playbook([{"ebpf.microseg.microseg_program": dict(
+        SMALL, pin_path=pin, interfaces=[a.host_if], hooks=["ingress"])}]).task()
+    assert set(res["interfaces"]) == {a.host_if}
+    assert set(res["interfaces"][a.host_if]) == {"ingress"}
+    res = run_playbook([{"ebpf.microseg.microseg_program": dict(
+        SMALL, pin_path=pin, interfaces=[lab.tag + "*"])}]).task()
+    assert res["changed"] is True and res["compiled"] is False
+    assert set(res["interfaces"]) == {a.host_if, b.host_if}
+    res = run_playbook([{"ebpf.microseg.microseg_program": dict(
+        SMALL, pin_path=pin, interfaces=[b.host_if])}]).task()
+    assert set(res["interfaces"]) == {b.host_if}
+    assert attachments(lab)[a.host_if] == {"ingress": None, "egress": None, "clsact": False}
