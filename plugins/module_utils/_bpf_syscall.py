@@ -581,26 +581,31 @@ def map_info(fd):
     }
 
 
+def _parse_cpu_list(text):
+    """[0, 1, 2, 3, 8] from the kernel's cpu list format "0-3,8"."""
+    cpus = []
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            low, high = part.split("-", 1)
+            cpus.extend(range(int(low), int(high) + 1))
+        else:
+            cpus.append(int(part))
+    return cpus
+
+
 def possible_cpus():
-    """The possible CPU ids, parsed from /sys/devices/system/cpu/possible (e.g. "0-3,8").
+    """The possible CPU ids, from /sys/devices/system/cpu/possible.
 
     Per-CPU maps are sized by possible CPUs, not online ones, so nproc is not enough.
+    The set is fixed at boot, so it is read once.
     """
     cpus = _state.get("possible_cpus")
     if cpus is None:
         with open("/sys/devices/system/cpu/possible") as handle:
-            text = handle.read().strip()
-        found = []
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part:
-                low, high = part.split("-", 1)
-                found.extend(range(int(low), int(high) + 1))
-            else:
-                found.append(int(part))
-        cpus = tuple(found)
+            cpus = tuple(_parse_cpu_list(handle.read()))
         _state["possible_cpus"] = cpus
     return list(cpus)
 

@@ -16,6 +16,8 @@ import time
 
 import ansible_collections
 
+CALLBACK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_plugins")
+
 
 def collections_path():
     return os.path.dirname(list(ansible_collections.__path__)[0])
@@ -56,8 +58,8 @@ def run_playbook(tasks, check=False, diff=False, extra_env=None):
         env = dict(os.environ)
         env.update({
             "ANSIBLE_COLLECTIONS_PATH": collections_path(),
-            "ANSIBLE_STDOUT_CALLBACK": "json",
-            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+            "ANSIBLE_STDOUT_CALLBACK": "microseg_test_json",
+            "ANSIBLE_CALLBACK_PLUGINS": CALLBACK_DIR,
             "ANSIBLE_LOCALHOST_WARNING": "false",
             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
             "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
