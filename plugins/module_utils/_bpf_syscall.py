@@ -771,8 +771,7 @@ def _lookup_batches(fd, key_size, value_size, count):
                 if attr.count == 0:
                     continue
             elif not started and exc.errno in _BATCH_UNSUPPORTED:
-                for item in _iterate_one_by_one(fd, key_size, value_size):
-                    yield item
+                yield from _iterate_one_by_one(fd, key_size, value_size)
                 return
             else:
                 raise

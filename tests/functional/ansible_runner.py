@@ -47,6 +47,48 @@ class PlaybookResult:
         return self.tasks()[index]
 
 
+def _env(work, extra_env=None):
+    env = dict(os.environ)
+    env.update({
+        "ANSIBLE_COLLECTIONS_PATH": collections_path(),
+        "ANSIBLE_STDOUT_CALLBACK": "microseg_test_json",
+        "ANSIBLE_CALLBACK_PLUGINS": CALLBACK_DIR,
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+        "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCAL_TEMP": work,
+    })
+    env.update(extra_env or {})
+    return env
+
+
+def _parse(proc, seconds):
+    try:
+        data = json.loads(proc.stdout[proc.stdout.index("{"):])
+    except ValueError:
+        raise AssertionError("ansible printed no JSON (rc %d):\n%s\n%s"
+                             % (proc.returncode, proc.stdout, proc.stderr))
+    return PlaybookResult(proc.returncode, data, proc.stdout, proc.stderr, seconds)
+
+
+def run_adhoc(module, args, check=False, extra_env=None):
+    """`ansible localhost -m module -a args`, as an operator would type it."""
+    work = tempfile.mkdtemp(prefix="microseg-adhoc-")
+    try:
+        cmd = [ansible_bin("ansible"), "localhost", "-i", "localhost,", "-c", "local",
+               "-m", module, "-a", args]
+        if check:
+            cmd.append("--check")
+        started = time.time()
+        proc = subprocess.run(cmd, env=_env(work, extra_env), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, cwd=work)
+        return _parse(proc, time.time() - started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def run_playbook(tasks, check=False, diff=False, extra_env=None):
     """Run `tasks` as a localhost play with the json callback."""
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]
@@ -55,18 +97,7 @@ def run_playbook(tasks, check=False, diff=False, extra_env=None):
         path = os.path.join(work, "play.yml")
         with open(path, "w") as handle:
             json.dump(play, handle)   # JSON is YAML
-        env = dict(os.environ)
-        env.update({
-            "ANSIBLE_COLLECTIONS_PATH": collections_path(),
-            "ANSIBLE_STDOUT_CALLBACK": "microseg_test_json",
-            "ANSIBLE_CALLBACK_PLUGINS": CALLBACK_DIR,
-            "ANSIBLE_LOCALHOST_WARNING": "false",
-            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
-            "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_LOCAL_TEMP": work,
-        })
-        env.update(extra_env or {})
+        env = _env(work, extra_env)
         cmd = [ansible_bin("ansible-playbook"), "-i", "localhost,", "-c", "local", path]
         if check:
             cmd.append("--check")
@@ -75,12 +106,6 @@ def run_playbook(tasks, check=False, diff=False, extra_env=None):
         started = time.time()
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True, cwd=work)
-        seconds = time.time() - started
-        try:
-            data = json.loads(proc.stdout[proc.stdout.index("{"):])
-        except ValueError:
-            raise AssertionError("ansible-playbook printed no JSON (rc %d):\n%s\n%s"
-                                 % (proc.returncode, proc.stdout, proc.stderr))
-        return PlaybookResult(proc.returncode, data, proc.stdout, proc.stderr, seconds)
+        return _parse(proc, time.time() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -16,7 +16,7 @@ import pytest
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
+from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc, run_playbook
 from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
 from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
 
@@ -212,3 +212,59 @@ def test_interfaces_by_glob_and_detach_when_deselected(lab):
         SMALL, pin_path=pin, interfaces=[b.host_if])}]).task()
     assert set(res["interfaces"]) == {b.host_if}
     assert attachments(lab)[a.host_if] == {"ingress": None, "egress": None, "clsact": False}
+
+
+def test_adhoc_program_then_facts_after_real_traffic(lab):
+    """`ansible -m ebpf.microseg.microseg_program -a bridge=...` on a host that never ran a
+    role: the action plugin ships the C source. Facts then read back real counters."""
+    lab, pin = lab
+    args = "bridge=%s pin_path=%s session_map_size=16384 policy_map_size=2048" % (
+        lab.bridge, pin)
+    res = run_adhoc("ebpf.microseg.microseg_program", args)
+    assert res.rc == 0, res.stdout
+    assert res.task()["changed"] is True and res.task()["compiled"] is True
+    lab.wait_links()
+    a, b = lab["a"], lab["b"]
+    b.serve("tcp", 5432)
+    assert a.probe("tcp", b.address, 5432) == "ok"
+
+    facts = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin)
+    assert facts.rc == 0, facts.stdout
+    ms = facts.task()["ansible_facts"]["microseg"]
+    assert ms["installed"] is True
+    assert set(ms["interfaces"]) == {a.host_if, b.host_if}
+    assert set(ms["interfaces"][a.host_if]) == {"ingress", "egress"}
+    assert ms["drift"] == []
+    assert ms["stats"]["total_packets"] >= 6
+    assert ms["stats"]["total_packets"] == (ms["stats"]["allowed_packets"] +
+                                            ms["stats"]["denied_packets"])
+    assert ms["maps"]["session_map"]["entries"] >= 2
+    assert ms["maps"]["session_map"]["max_entries"] == 16384
+    assert ms["config"]["default_action"] == {"egress": "allow", "ingress": "allow"}
+    assert ms["pressure"]["level"] == "normal"
+    assert ms["program"]["programs"]["microseg_from_container"]["id"] == \
+        ms["interfaces"][a.host_if]["ingress"]["prog_id"]
+
+    # Check mode on facts reads the same and changes nothing.
+    again = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin, check=True)
+    assert again.rc == 0 and again.task()["changed"] is False
+
+    # Drift: someone deletes our filter behind Ansible's back.
+    ipr = _netlink.open_route()
+    try:
+        _netlink.detach(ipr, ipr.link_lookup(ifname=a.host_if)[0], "ingress")
+    finally:
+        ipr.close()
+    ms = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin).task()[
+        "ansible_facts"]["microseg"]
+    assert set(ms["interfaces"][a.host_if]) == {"egress"}
+    res = run_adhoc("ebpf.microseg.microseg_program", args).task()
+    assert res["changed"] is True and res["compiled"] is False
+    assert {"action": "attach", "interface": a.host_if, "hook": "ingress"} in res["actions"]
+
+
+def test_facts_on_a_host_without_the_program(lab):
+    _lab, pin = lab
+    res = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin)
+    assert res.rc == 0
+    assert res.task()["ansible_facts"]["microseg"]["installed"] is False

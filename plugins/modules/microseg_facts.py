@@ -1,0 +1,127 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: microseg_facts
+short_description: Read the microseg data plane back as facts
+version_added: 0.1.0
+description:
+  - Returns C(ansible_facts.microseg) for the pin directory O(pin_path) - which interfaces
+    carry the program on which TC hook, program ids and tags, the runtime configuration
+    (policy generation, default actions), map fill, map pressure, and the stats counters
+    summed over CPUs.
+  - Reads pinned maps directly through the bpf syscall; needs neither BCC nor a compile.
+author:
+  - ebpf.microseg developers
+requirements:
+  - pyroute2 on the target
+  - root on the target
+attributes:
+  check_mode:
+    support: full
+    description: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  idempotent:
+    support: full
+    description: Never changes anything.
+options:
+  pin_path:
+    description: Directory on bpffs holding the pinned maps.
+    type: path
+    default: /sys/fs/bpf/microseg
+"""
+
+EXAMPLES = r"""
+- name: Read the data plane state
+  ebpf.microseg.microseg_facts:
+
+- name: Fail when a filtered interface lost its program
+  ansible.builtin.assert:
+    that: ansible_facts.microseg.drift | length == 0
+
+# Ad hoc, across the fleet:
+#   ansible all -m ebpf.microseg.microseg_facts -a pin_path=/sys/fs/bpf/microseg
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts under the C(microseg) key.
+  returned: always
+  type: dict
+  contains:
+    microseg:
+      description: The data plane state.
+      type: dict
+      returned: always
+      contains:
+        installed:
+          description: Whether the pinned maps exist.
+          type: bool
+          returned: always
+        interfaces:
+          description: Per interface, the TC hooks carrying a microseg filter, with program id and tag.
+          type: dict
+          returned: always
+        drift:
+          description: Interfaces the program was attached to that no longer carry it.
+          type: list
+          elements: str
+          returned: when installed
+        program:
+          description: Source hash, kernel headers used, BCC version, map sizes, pinned program ids and tags.
+          type: dict
+          returned: when installed
+        config:
+          description: Policy generation, active policy set, default actions and runtime thresholds.
+          type: dict
+          returned: when installed
+        pressure:
+          description: Session count, SYN_SENT count, evictions and pressure level (normal, warning, critical).
+          type: dict
+          returned: when installed
+        stats:
+          description: The data plane counters summed over CPUs (the seed's 13 first).
+          type: dict
+          returned: when installed
+        maps:
+          description: Per map, max_entries, and for keyed maps entries and fill_percent.
+          type: dict
+          returned: when installed
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
+from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(pin_path=dict(type="path", default="/sys/fs/bpf/microseg")),
+        supports_check_mode=True,
+    )
+    if not _netlink.HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2"),
+                         exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
+    ipr = _netlink.open_route()
+    try:
+        facts = _facts.gather(module.params["pin_path"], ipr)
+    except OSError as exc:
+        module.fail_json(msg="cannot read the microseg maps under %s: %s"
+                         % (module.params["pin_path"], exc))
+    finally:
+        ipr.close()
+    module.exit_json(changed=False, ansible_facts={"microseg": facts})
+
+
+if __name__ == "__main__":
+    main()
