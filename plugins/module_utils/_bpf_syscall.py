@@ -1071,6 +1071,7 @@ def ensure_bpffs(path="/sys/fs/bpf"):
         return False
     if not os.path.isdir(path):
         os.makedirs(path, 0o700)
+    # nosuid/nodev/noexec as systemd mounts it: pins need none of the three.
     ret = _libc().mount(b"bpf", os.fsencode(path), b"bpf",
                         _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"mode=0700")
     if ret != 0:

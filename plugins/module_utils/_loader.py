@@ -318,9 +318,10 @@ def migrate_maps(pin_path, names):
 
 # ---- compile and load ------------------------------------------------------------------
 
-def compile_and_load(sources, pin_path, sizes, headers):
+def compile_and_load(sources, pin_path, sizes, headers, functions=None):
     """Compile with BCC, creating or reusing the pinned maps; return program fds.
 
+    functions defaults to the two attachable programs; benchmarks also load microseg_noop.
     Returns (fds by function name, seconds). The caller owns the fds.
     """
     try:
@@ -346,7 +347,7 @@ def compile_and_load(sources, pin_path, sizes, headers):
                               % (headers["kind"], headers["path"], exc))
         fds = {}
         try:
-            for function in PROGRAMS:
+            for function in functions or PROGRAMS:
                 fn = module.load_func(function.encode(), BPF.SCHED_CLS)
                 # Keep our own fd: the BCC object closes its fds when it goes away.
                 fds[function] = os.dup(fn.fd)

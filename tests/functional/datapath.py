@@ -38,7 +38,7 @@ def new_pin_path(tag="dp"):
 class Datapath:
     """One compiled instance of files/bpf/microseg.bpf.c with its own pinned maps."""
 
-    def __init__(self, sizes=None, pin_path=None):
+    def __init__(self, sizes=None, pin_path=None, functions=None):
         self.sizes = dict(SMALL_SIZES)
         self.sizes.update(sizes or {})
         self.pin_path = pin_path or new_pin_path()
@@ -46,7 +46,7 @@ class Datapath:
         self.sources = _loader.read_sources(BPF_DIR)
         self.headers = _loader.find_kernel_headers()
         self.fds, self.compile_seconds = _loader.compile_and_load(
-            self.sources, self.pin_path, self.sizes, self.headers)
+            self.sources, self.pin_path, self.sizes, self.headers, functions)
         self.maps = _maps.PinnedMaps(self.pin_path)
         self.reset()
 
