@@ -42,7 +42,7 @@ def fmt(ns_triplet):
 
 def repeat_run(dp, fd, frame, repeat, rounds):
     out = []
-    for _ in range(rounds):
+    for _round in range(rounds):
         _ret, _data, duration = bpf.prog_test_run(fd, frame, repeat=repeat)
         out.append(float(duration))
     return out
@@ -52,7 +52,7 @@ def new_flow_run(dp, fd, frames, rounds):
     """Each frame once (repeat=1): every run is the first packet of a new flow."""
     keys = [_session_key_of(frame) for frame in frames]
     out = []
-    for _ in range(rounds):
+    for _round in range(rounds):
         # Forget only the probe flows: a loaded session map must stay loaded.
         bpf.map_delete_batch(dp.maps.fd("session_map"), [k.pack() for k in keys],
                              ctypes.sizeof(_maps.SessionKey))
@@ -190,7 +190,7 @@ def control_section(args):
         rows.append(("microseg_program, first run (compile + attach 3 veths)",
                      "%.2f" % first.seconds, str(first.task().get("compile_seconds"))))
         times = []
-        for _ in range(args.rounds):
+        for _round in range(args.rounds):
             again = run_playbook([task])
             assert again.task()["changed"] is False
             times.append(again.seconds)
@@ -206,7 +206,10 @@ def control_section(args):
 
 def table(headers, rows):
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out.extend(line(r) for r in rows)
     return "\n".join(out)

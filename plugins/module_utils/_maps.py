@@ -215,6 +215,7 @@ MIRRORS = {
     "log_event": LogEvent,
 }
 
+
 class _Scalar:
     def pack(self):
         return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
@@ -371,16 +372,16 @@ class PinnedMaps:
 
     def clear(self, name):
         spec = MAP_SPEC[name]
-        keys = [k for k, _v in bpf.map_lookup_batch(self.fds[name], spec.key_size,
-                                                      spec.value_size)]
+        entries = bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size)
+        keys = [key for key, _value in entries]
         if keys:
             bpf.map_delete_batch(self.fds[name], keys, spec.key_size)
         return len(keys)
 
     def count(self, name):
         spec = MAP_SPEC[name]
-        return sum(1 for _ in bpf.map_lookup_batch(self.fds[name], spec.key_size,
-                                                   spec.value_size))
+        entries = bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size)
+        return sum(1 for _entry in entries)
 
     # -- typed views -----------------------------------------------------------------
     def config(self):

@@ -18,7 +18,7 @@ description:
     summed over CPUs.
   - Reads pinned maps directly through the bpf syscall; needs neither BCC nor a compile.
 author:
-  - ebpf.microseg developers
+  - ebpf.microseg developers (@ebpf-microseg)
 requirements:
   - pyroute2 on the target
   - root on the target
@@ -28,8 +28,10 @@ attributes:
     description: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
   facts:
     support: full
+    description: Sets C(ansible_facts.microseg).
   idempotent:
     support: full
     description: Never changes anything.

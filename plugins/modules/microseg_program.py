@@ -28,7 +28,7 @@ description:
   - The action plugin of the same name sends the C source from the controller, so the
     module works ad hoc on a host that never ran a role.
 author:
-  - ebpf.microseg developers
+  - ebpf.microseg developers (@ebpf-microseg)
 requirements:
   - BCC python bindings on the target (Debian/Ubuntu C(python3-bpfcc), RHEL C(python3-bcc))
   - pyroute2 on the target

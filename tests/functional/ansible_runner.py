@@ -83,7 +83,8 @@ def run_adhoc(module, args, check=False, extra_env=None):
             cmd.append("--check")
         started = time.time()
         proc = subprocess.run(cmd, env=_env(work, extra_env), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, universal_newlines=True, cwd=work)
+                              stderr=subprocess.PIPE, universal_newlines=True, cwd=work,
+                              check=False)
         return _parse(proc, time.time() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -105,7 +106,7 @@ def run_playbook(tasks, check=False, diff=False, extra_env=None):
             cmd.append("--diff")
         started = time.time()
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, cwd=work)
+                              universal_newlines=True, cwd=work, check=False)
         return _parse(proc, time.time() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)

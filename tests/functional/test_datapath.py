@@ -113,7 +113,7 @@ def test_default_action_per_direction(dp, proto):
     make = {
         "tcp": lambda s, d: P.tcp_frame(s, d, 40000, 80, P.SYN),
         "udp": lambda s, d: P.udp_frame(s, d, 40000, 53),
-        "icmp": lambda s, d: P.icmp_frame(s, d),
+        "icmp": P.icmp_frame,
     }[proto]
     assert not dp.egress(make(C, R))
     dp.reset(default_action={"egress": "deny", "ingress": "allow"})
@@ -162,7 +162,7 @@ def test_reply_of_allowed_flow_passes_under_default_deny(dp):
 
 def test_denied_flow_stays_denied_from_cache(dp):
     dp.set_config(default_action=DENY_BOTH)
-    for _ in range(3):
+    for _attempt in range(3):
         assert not dp.egress(P.udp_frame(C, R, 40000, 9999))
     stats = dp.stats()
     assert stats["policy_lookups"] == 1
@@ -174,12 +174,16 @@ def test_denied_flow_stays_denied_from_cache(dp):
 
 def handshake(dp, initiator="container", cport=40000, rport=80):
     """SYN, SYN-ACK, ACK; returns the (orig_send, reply_send) functions."""
+    def from_container(flags, seq, ack, payload=b""):
+        return dp.egress(P.tcp_frame(C, R, cport, rport, flags, seq, ack, payload))
+
+    def to_container(flags, seq, ack, payload=b""):
+        return dp.ingress(P.tcp_frame(R, C, rport, cport, flags, seq, ack, payload))
+
     if initiator == "container":
-        orig = lambda f, s, a, p=b"": dp.egress(P.tcp_frame(C, R, cport, rport, f, s, a, p))  # noqa: E731
-        reply = lambda f, s, a, p=b"": dp.ingress(P.tcp_frame(R, C, rport, cport, f, s, a, p))  # noqa: E731
+        orig, reply = from_container, to_container
     else:
-        orig = lambda f, s, a, p=b"": dp.ingress(P.tcp_frame(R, C, rport, cport, f, s, a, p))  # noqa: E731
-        reply = lambda f, s, a, p=b"": dp.egress(P.tcp_frame(C, R, cport, rport, f, s, a, p))  # noqa: E731
+        orig, reply = to_container, from_container
     assert orig(P.SYN, 100, 0)
     assert state_of(dp, cport, rport) == "SYN_SENT"
     assert reply(P.SYN | P.ACK, 500, 101)

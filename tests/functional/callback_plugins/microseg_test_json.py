@@ -56,5 +56,5 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats):
         hosts = sorted(stats.processed.keys())
         summary = dict((h, stats.summarize(h)) for h in hosts)
-        self._display.display(json.dumps({"plays": self.plays, "stats": summary},
-                                          default=str, sort_keys=True))
+        document = {"plays": self.plays, "stats": summary}
+        self._display.display(json.dumps(document, default=str, sort_keys=True))
