@@ -28,7 +28,8 @@ def probe(src, dst, proto, port):
     if proto != "icmp":
         cmd.append(str(port))
     cmd.append("0.7")
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, universal_newlines=True,
+                         check=False).stdout.strip()
     return out == "ok"
 
 

@@ -1,0 +1,62 @@
+# ebpf.microseg: run as root. `make test` installs what it needs (scripts/install-deps.sh).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+BUILD := $(ROOT)/build
+# The collection is importable as ansible_collections.ebpf.microseg through this link.
+COLL := $(BUILD)/ansible_collections/ebpf/microseg
+# Only for pytest, demo and bench: ansible-test must see nothing but its own copy.
+WITH_COLL := ANSIBLE_COLLECTIONS_PATH=$(BUILD) PYTHONPATH=$(BUILD)
+# ansible-test resolves symlinks, so sanity runs on a copy of the tracked files.
+SANITY_ROOT := $(BUILD)/sanity
+SANITY_COLL := $(SANITY_ROOT)/ansible_collections/ebpf/microseg
+PYTEST := $(WITH_COLL) $(PY) -m pytest -p no:cacheprovider -q -ra
+
+.PHONY: help deps collection sanity unit functional test demo demo-clean bench build clean
+
+help:
+	@echo "make demo        build a one-bridge lab, converge it, print the allow/deny matrix"
+	@echo "make demo-clean  remove the demo lab, program and pins"
+	@echo "make test        install deps, ansible-test sanity, unit and real-kernel tests"
+	@echo "make bench       data plane ns/packet and control plane timings (bench/results.md)"
+	@echo "make build       ansible-galaxy collection build into build/dist"
+
+deps:
+	@bash scripts/install-deps.sh
+
+collection:
+	@mkdir -p $(BUILD)/ansible_collections/ebpf
+	@ln -sfn $(ROOT) $(COLL)
+
+sanity: deps
+	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_COLL)
+	@git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C $(SANITY_COLL)
+	cd $(SANITY_COLL) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
+
+unit: deps collection
+	cd $(COLL) && $(PYTEST) tests/unit
+
+functional: deps collection
+	cd $(COLL) && $(PYTEST) tests/functional
+
+test: deps collection sanity
+	cd $(COLL) && $(PYTEST) tests/unit tests/functional
+
+demo: deps collection
+	$(WITH_COLL) $(VENV)/bin/ansible-playbook -i demo/inventory.ini demo/demo.yml
+
+demo-clean: deps collection
+	$(WITH_COLL) $(VENV)/bin/ansible-playbook -i demo/inventory.ini demo/demo-clean.yml
+
+bench: deps collection
+	cd $(COLL) && $(WITH_COLL) $(PY) bench/run.py --full
+
+build: deps
+	@mkdir -p $(BUILD)/dist
+	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(BUILD)/dist
+
+clean:
+	rm -rf $(BUILD)
