@@ -10,7 +10,7 @@ BUILD := $(ROOT)/build
 COLL := $(BUILD)/ansible_collections/ebpf/microseg
 # Only for pytest, demo and bench: ansible-test must see nothing but its own copy.
 WITH_COLL := ANSIBLE_COLLECTIONS_PATH=$(BUILD) PYTHONPATH=$(BUILD)
-# ansible-test resolves symlinks, so sanity runs on a copy of the tracked files.
+# ansible-test resolves symlinks, so sanity runs on a copy of the tracked and new files.
 SANITY_ROOT := $(BUILD)/sanity
 SANITY_COLL := $(SANITY_ROOT)/ansible_collections/ebpf/microseg
 PYTEST := $(WITH_COLL) $(PY) -m pytest -p no:cacheprovider -q -ra
@@ -34,6 +34,8 @@ collection:
 sanity: deps
 	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_COLL)
 	@git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C $(SANITY_COLL)
+	@# Inside our ignored build/ the outer repo would hide every file from ansible-test.
+	@cd $(SANITY_COLL) && git init -q && git add -A
 	cd $(SANITY_COLL) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
 
 unit: deps collection

@@ -71,8 +71,8 @@ def main():
                     if want != got:
                         mark += "  <-- MISMATCH"
                         mismatches += 1
-                print("%-6s -> %-6s %-9s %-8s %s" % (src, dst, label,
-                                                      "ALLOW" if got else "DENY", mark))
+                measured = "ALLOW" if got else "DENY"
+                print("%-6s -> %-6s %-9s %-8s %s" % (src, dst, label, measured, mark))
     if mismatches:
         print("%d cells differ from the model" % mismatches)
         sys.exit(1)

@@ -1,0 +1,219 @@
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""microseg_policy: gather -> compare -> plan -> apply, with an atomic switch.
+
+The policy maps hold two copies of the policy, told apart by their policy set (the
+policy_set byte of exact keys, bit 1 of first-stage LPM classes, bit 31 of later classes).
+The data plane reads the set named by the low bit of config.policy_epoch. A converge
+clears the inactive set, writes the new policy there, then writes the config once: the
+epoch goes up by one, which both selects the new set and makes every session decided
+under the old one re-evaluate on its next packet. Killed before that write, the old policy
+is fully in force and the next run clears the half-written set first.
+"""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import fcntl
+import hashlib
+import json
+import os
+import struct
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+
+POLICY_MAPS = ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
+               "sport_range_map")
+SOURCE_MAP = "policy_source"
+SOURCE_VALUE_SIZE = 4 * 1024 * 1024
+SOURCE_SLOTS = 2           # one per policy set
+LOCK_DIR = "/run/lock"
+
+
+class ConvergeError(Exception):
+    pass
+
+
+# ---- which policy set an entry belongs to ----------------------------------------
+
+def entry_set(map_name, key):
+    if map_name == "policy_map":
+        return key.policy_set
+    if map_name == "ip_range_map":
+        return (key.class_id >> 1) & 1
+    return (key.class_id >> 31) & 1
+
+
+def _strip_set(map_name, key, value):
+    """Key and value bytes with the policy set masked out, to compare two generations."""
+    key = type(key).unpack(key.pack())
+    value = type(value).unpack(value.pack())
+    if map_name == "policy_map":
+        key.policy_set = 0
+        value.hit_count = 0
+        value.last_hit = 0
+    elif map_name == "ip_range_map":
+        key.class_id &= ~2
+    else:
+        key.class_id &= 0x7fffffff
+    if map_name != "policy_map":
+        value.next_class &= 0x7fffffff
+    return key.pack(), value.pack()
+
+
+# ---- the policy source, kept with the maps -------------------------------------------
+
+def _source_fd(pin_path, create):
+    path = os.path.join(pin_path, SOURCE_MAP)
+    if os.path.exists(path):
+        return bpf.obj_get(path)
+    if not create:
+        return None
+    fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, SOURCE_VALUE_SIZE, SOURCE_SLOTS, 0,
+                        "policy_source")
+    bpf.obj_pin(fd, path)
+    return fd
+
+
+def read_source(pin_path, policy_set):
+    """The rules (as the user wrote them, normalized) that policy set `policy_set` holds."""
+    fd = _source_fd(pin_path, create=False)
+    if fd is None:
+        return None
+    try:
+        raw = bpf.map_lookup(fd, struct.pack("=I", policy_set), SOURCE_VALUE_SIZE)
+    finally:
+        bpf.close(fd)
+    length = struct.unpack("=I", raw[:4])[0] if raw else 0
+    if not length:
+        return None
+    return json.loads(raw[4:4 + length].decode())
+
+
+def write_source(pin_path, policy_set, document):
+    blob = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    if len(blob) + 4 > SOURCE_VALUE_SIZE:
+        raise ConvergeError("the policy source is %d bytes; at most %d fit beside the maps"
+                            % (len(blob), SOURCE_VALUE_SIZE - 4))
+    fd = _source_fd(pin_path, create=True)
+    try:
+        value = struct.pack("=I", len(blob)) + blob
+        value += b"\0" * (SOURCE_VALUE_SIZE - len(value))
+        bpf.map_update(fd, struct.pack("=I", policy_set), value, 0)
+    finally:
+        bpf.close(fd)
+
+
+# ---- lock --------------------------------------------------------------------------------
+
+class HostLock:
+    """Serializes converges of one pin directory (of one bpffs instance) on this host."""
+
+    def __init__(self, pin_path):
+        st = os.stat(pin_path)
+        digest = hashlib.sha1(("%d:%s" % (st.st_dev, pin_path)).encode()).hexdigest()[:16]
+        if not os.path.isdir(LOCK_DIR):
+            os.makedirs(LOCK_DIR)
+        self.path = os.path.join(LOCK_DIR, "microseg-policy-%s.lock" % digest)
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, "w")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+# ---- gather ------------------------------------------------------------------------------
+
+def gather(pinned, pin_path):
+    """What the host holds: generation, active set, defaults, source, entries per set."""
+    config = pinned.config()
+    active = config.policy_epoch & 1
+    entries = {}
+    counts = {0: {}, 1: {}}
+    for name in POLICY_MAPS:
+        entries[name] = {0: [], 1: []}
+        for key, value in pinned.items(name):
+            entries[name][entry_set(name, key)].append((key, value))
+        for policy_set in (0, 1):
+            counts[policy_set][name] = len(entries[name][policy_set])
+    source = read_source(pin_path, active)
+    return {
+        "generation": config.policy_epoch,
+        "active_set": active,
+        "default_action": {
+            "egress": _maps.ACTION_NAMES.get(config.default_action[0], "allow"),
+            "ingress": _maps.ACTION_NAMES.get(config.default_action[1], "allow"),
+        },
+        "source": source,
+        "entries": entries,
+        "counts": counts,
+        "max_entries": dict((name, pinned.info(name)["max_entries"]) for name in POLICY_MAPS),
+    }
+
+
+# ---- compare -----------------------------------------------------------------------------
+
+def entry_changes(current_entries, compiled):
+    """Per map: entries added, removed, changed between the active set and the new one."""
+    out = {}
+    for name in POLICY_MAPS:
+        old = dict(_strip_set(name, k, v) for k, v in current_entries[name])
+        new = dict(_strip_set(name, k, v) for k, v in getattr(compiled, name))
+        added = sum(1 for k in new if k not in old)
+        removed = sum(1 for k in old if k not in new)
+        changed = sum(1 for k in new if k in old and old[k] != new[k])
+        out[name] = {"added": added, "removed": removed, "changed": changed,
+                     "entries": len(new)}
+    return out
+
+
+def capacity_problems(current, compiled):
+    """During the switch a map holds the active set and the new one side by side."""
+    problems = []
+    active = current["active_set"]
+    for name in POLICY_MAPS:
+        need = len(getattr(compiled, name))
+        held = current["counts"][active][name]
+        limit = current["max_entries"][name]
+        if need + held > limit:
+            problems.append("%s: the new policy needs %d entries and the active one holds %d; "
+                            "both must fit during the switch but max_entries is %d (raise the "
+                            "size in microseg_program)" % (name, need, held, limit))
+    return problems
+
+
+# ---- apply -------------------------------------------------------------------------------
+
+def clear_set(pinned, entries, policy_set):
+    removed = 0
+    for name in POLICY_MAPS:
+        keys = [k.pack() for k, _v in entries[name][policy_set]]
+        if keys:
+            removed += bpf.map_delete_batch(pinned.fd(name), keys,
+                                            _maps.MAP_SPEC[name].key_size)
+    return removed
+
+
+def write_set(pinned, compiled):
+    written = 0
+    for name in POLICY_MAPS:
+        pairs = getattr(compiled, name)
+        if pairs:
+            written += pinned.update_many(name, pairs)
+    return written
+
+
+def switch(pinned, new_epoch, default_action):
+    """The one write that puts the new policy in force."""
+    config = pinned.config()
+    config.policy_epoch = new_epoch
+    config.default_action[0] = _maps.ACTIONS[default_action["egress"]]
+    config.default_action[1] = _maps.ACTIONS[default_action["ingress"]]
+    pinned.write_config(config)
