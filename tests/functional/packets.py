@@ -53,8 +53,8 @@ def udp(sport, dport, payload=b"x"):
     return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
 
-def icmp_echo(ident=1, seq=1):
-    body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"ping"
+def icmp_echo(ident=1, seq=1, kind=8):
+    body = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + b"ping"
     return body[:2] + struct.pack("!H", checksum(body)) + body[4:]
 
 
@@ -66,8 +66,9 @@ def udp_frame(src, dst, sport, dport, payload=b"x", **ip):
     return ether(ETH_P_IP, ipv4(src, dst, 17, udp(sport, dport, payload), **ip))
 
 
-def icmp_frame(src, dst, **ip):
-    return ether(ETH_P_IP, ipv4(src, dst, 1, icmp_echo(), **ip))
+def icmp_frame(src, dst, ident=1, kind=8, **ip):
+    """ICMP echo request (kind 8) or reply (kind 0)."""
+    return ether(ETH_P_IP, ipv4(src, dst, 1, icmp_echo(ident, kind=kind), **ip))
 
 
 def arp_frame():

@@ -170,6 +170,16 @@ def test_denied_flow_stays_denied_from_cache(dp):
     assert stats["denied_packets"] == 3
 
 
+def test_icmp_echo_sessions_are_per_identifier(dp):
+    """A ping out must not open the way for pings in: sessions key on the echo id."""
+    dp.set_config(default_action={"egress": "allow", "ingress": "deny"})
+    assert dp.egress(P.icmp_frame(C, R, ident=7))
+    assert dp.ingress(P.icmp_frame(R, C, ident=7, kind=0))    # the reply
+    assert not dp.ingress(P.icmp_frame(R, C, ident=8))        # R's own ping: denied
+    keys = sorted((k.src_port, k.dst_port) for k, _v in dp.sessions())
+    assert keys == [(7, 7), (8, 8)]
+
+
 # ---- TCP state machine ---------------------------------------------------------------
 
 def handshake(dp, initiator="container", cport=40000, rport=80):
