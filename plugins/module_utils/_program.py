@@ -11,6 +11,7 @@ from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import os
+import socket
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
@@ -59,6 +60,13 @@ def validate(params):
                               params["pressure_critical_percent"]))
     if params["syn_flood_threshold"] < 0 or params["log_rate"] < 0:
         raise ProgramError("syn_flood_threshold and log_rate must not be negative")
+    for interface, address in (params.get("endpoints") or {}).items():
+        try:
+            socket.inet_aton(address)
+            if address.count(".") != 3:
+                raise ValueError(address)
+        except (OSError, ValueError, TypeError):
+            raise ProgramError("endpoints: %s: %r is not an IPv4 address" % (interface, address))
     if not params["pin_path"].startswith("/"):
         raise ProgramError("pin_path: %s is not an absolute path" % params["pin_path"])
     if "." in os.path.basename(params["pin_path"].rstrip("/")):
@@ -79,6 +87,7 @@ def desired_config_fields(params, sizes):
         "pressure_crit_sessions": session_max * crit // 100 if crit else 0,
         "session_max": session_max,
         "log_rate_per_sec": params["log_rate"],
+        "flags": _maps.CONFIG_FLAG_ANTISPOOF if params.get("endpoints") else 0,
     }
 
 
@@ -91,6 +100,7 @@ def _config_view(fields):
         "pressure_crit_sessions": fields["pressure_crit_sessions"],
         "session_max": fields["session_max"],
         "log_rate": fields["log_rate_per_sec"],
+        "anti_spoofing": bool(fields["flags"] & _maps.CONFIG_FLAG_ANTISPOOF),
     }
 
 
@@ -104,6 +114,12 @@ def gather(params, ipr):
         with _maps.PinnedMaps(pin_path, names=["config_map"]) as pinned:
             config = pinned.config()
     state["config"] = config
+    endpoints = {}
+    if os.path.exists(os.path.join(pin_path, "endpoint_map")):
+        with _maps.PinnedMaps(pin_path, names=["endpoint_map"]) as pinned:
+            for key, value in pinned.items("endpoint_map"):
+                endpoints[key.value] = _maps.u32_to_ip(value.ip)
+    state["endpoints"] = endpoints
     attached = {}
     for link in state["links"]:
         hooks = {}
@@ -176,6 +192,16 @@ def plan(params, sources, current, sizes):
             if name not in selected or hook not in hooks:
                 actions.append({"action": "detach", "interface": name, "hook": hook})
 
+    by_name = dict((link["name"], link["index"]) for link in current["links"])
+    want_endpoints = {}
+    for interface, address in sorted((params.get("endpoints") or {}).items()):
+        if interface not in by_name:
+            raise ProgramError("endpoints: interface %s does not exist" % interface)
+        want_endpoints[by_name[interface]] = address
+    if want_endpoints != current["endpoints"]:
+        actions.append({"action": "write_endpoints"})
+    result["want_endpoints"] = want_endpoints
+
     want_config = desired_config_fields(params, sizes)
     have_config = None
     if current["config"] is not None:
@@ -188,17 +214,25 @@ def plan(params, sources, current, sizes):
         "cache_key": meta.get("cache_key"),
         "sizes": meta.get("sizes"),
         "config": _config_view(have_config) if have_config else None,
+        "endpoints": _endpoint_view(current["endpoints"], current["links"]),
     }
     after = {
         "interfaces": dict((name, list(hooks)) for name in selected),
         "cache_key": key,
         "sizes": sizes,
         "config": _config_view(want_config),
+        "endpoints": _endpoint_view(want_endpoints, current["links"]),
     }
     result["selected"] = selected
     result["hooks"] = hooks
     result["want_config"] = want_config
     return actions, before, after, result
+
+
+def _endpoint_view(endpoints, links):
+    names = dict((link["index"], link["name"]) for link in links)
+    return dict((names.get(index, "ifindex %d" % index), address)
+                for index, address in endpoints.items())
 
 
 def _has_clsact_cached(current, link):
@@ -270,6 +304,8 @@ def apply(params, sources, current, actions, sizes, headers_fn, ipr):
 
         if "write_config" in kinds or "compile" in kinds:
             _write_config(pin_path, params, sizes)
+        if "write_endpoints" in kinds:
+            _write_endpoints(pin_path, plan_endpoints(params, current))
 
         switched = []
         clsact_added = set(meta.get("clsact_added", []))
@@ -350,6 +386,22 @@ def _roll_back(ipr, links, switched, pin_path):
     finally:
         for fd in old.values():
             bpf.close(fd)
+
+
+def plan_endpoints(params, current):
+    by_name = dict((link["name"], link["index"]) for link in current["links"])
+    return dict((by_name[name], address)
+                for name, address in (params.get("endpoints") or {}).items())
+
+
+def _write_endpoints(pin_path, wanted):
+    with _maps.PinnedMaps(pin_path, names=["endpoint_map"]) as pinned:
+        for key, _value in list(pinned.items("endpoint_map")):
+            if key.value not in wanted:
+                pinned.delete("endpoint_map", key)
+        for index, address in wanted.items():
+            pinned.update("endpoint_map", _maps.U32(index),
+                          _maps.EndpointValue(ip=_maps.ip_to_u32(address)))
 
 
 def _write_config(pin_path, params, sizes):

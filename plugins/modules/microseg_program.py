@@ -135,6 +135,14 @@ options:
     description: Maximum LOG events per second emitted to the ring buffer.
     type: int
     default: 100
+  endpoints:
+    description:
+      - Anti-spoofing. Interface name to the only IPv4 address the container behind it may
+        send from; a packet from that interface with any other source address is dropped
+        (counted as C(spoof_drops)). Interfaces not listed are not checked. Empty turns
+        the check off.
+    type: dict
+    default: {}
   bpf_source:
     description:
       - Internal. The C source files, filled in by the action plugin from the collection's
@@ -242,6 +250,7 @@ def argument_spec():
         ipv6=dict(type="str", choices=["allow", "drop"], default="drop"),
         other_l3=dict(type="str", choices=["allow", "drop"], default="drop"),
         log_rate=dict(type="int", default=100),
+        endpoints=dict(type="dict", default={}),
         bpf_source=dict(type="dict"),
     )
 

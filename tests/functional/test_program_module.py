@@ -358,3 +358,34 @@ def test_compile_or_kernel_refusal_keeps_the_previous_program(lab, breakage, mes
     assert "previous program" in res.task()["msg"]
     assert attachments(lab) == before
     assert not [n for n in os.listdir(pin) if n.endswith("_new")]
+
+
+def test_anti_spoofing_drops_foreign_source_addresses(lab):
+    lab, pin = lab
+    a, b = lab["a"], lab["b"]
+    res = run_playbook([program_task(pin, lab, endpoints={a.host_if: a.address})]).task()
+    assert res["changed"] is True
+    with _maps.PinnedMaps(pin, names=["endpoint_map", "config_map"]) as pinned:
+        entries = dict((k.value, _maps.u32_to_ip(v.ip)) for k, v in pinned.items("endpoint_map"))
+        assert list(entries.values()) == [a.address]
+        assert pinned.config().flags & _maps.CONFIG_FLAG_ANTISPOOF
+    again = run_playbook([program_task(pin, lab, endpoints={a.host_if: a.address})]).task()
+    assert again["changed"] is False
+    lab.wait_links()
+    b.serve("udp", 5353)
+    spoofed = "198.18.101.99"
+    a.run("ip", "addr", "add", spoofed + "/24", "dev", "eth0")
+    send = ("import socket\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(0.5)\n"
+            "s.bind(('%s',0)); s.sendto(b'x',('%s',5353))\n"
+            "try:\n    s.recv(8); print('ok')\nexcept OSError:\n    print('fail')\n")
+    assert a.run(sys.executable, "-c", send % (a.address, b.address)).stdout.strip() == "ok"
+    assert a.run(sys.executable, "-c", send % (spoofed, b.address)).stdout.strip() == "fail"
+    with _maps.PinnedMaps(pin) as pinned:
+        assert pinned.stats()["spoof_drops"] >= 1
+    # Empty endpoints: the check is off and the map empty again.
+    off = run_playbook([program_task(pin, lab)]).task()
+    assert off["changed"] is True
+    assert a.run(sys.executable, "-c", send % (spoofed, b.address)).stdout.strip() == "ok"
+    bad = run_playbook([program_task(pin, lab, endpoints={a.host_if: "300.1.1.1"})])
+    assert bad.rc != 0 and "endpoints" in bad.task()["msg"]
