@@ -22,11 +22,11 @@ up() {
       ip -n "$ns" link set eth0 up
       ip -n "$ns" link set lo up
     fi
-    for svc in "tcp 5432" "tcp 80" "udp 53"; do
-      set -- $svc
-      pidfile="$RUN/$name-$1-$2.pid"
+    for svc in tcp:5432 tcp:80 udp:53; do
+      proto="${svc%%:*}" port="${svc##*:}"
+      pidfile="$RUN/$name-$proto-$port.pid"
       if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then continue; fi
-      setsid ip netns exec "$ns" /usr/bin/python3 "$PROBE" serve "$1" "$2" >/dev/null 2>&1 &
+      setsid ip netns exec "$ns" /usr/bin/python3 "$PROBE" serve "$proto" "$port" >/dev/null 2>&1 &
       echo $! > "$pidfile"
     done
   done
