@@ -31,7 +31,69 @@ def attachment(ipr):
     return out
 
 
-def gather(pin_path, ipr):
+def session_summary(pinned, session_filter=None, limit=0):
+    """Counts by protocol and TCP state; with a filter or limit, a bounded session list.
+
+    One pass over the map in batches: a million sessions is a few hundred syscalls.
+    """
+    by_protocol = {}
+    by_state = {}
+    by_action = {}
+    listed = []
+    matched = 0
+    want_list = limit > 0
+    flt = session_filter or {}
+    for key, value in pinned.items("session_map"):
+        proto = _maps.PROTOCOL_NAMES.get(key.protocol, str(key.protocol))
+        by_protocol[proto] = by_protocol.get(proto, 0) + 1
+        if key.protocol == 6:
+            state = _maps.TCP_STATES[value.state] if value.state < len(_maps.TCP_STATES) \
+                else str(value.state)
+            by_state[state] = by_state.get(state, 0) + 1
+        action = _maps.ACTION_NAMES.get(value.action, str(value.action))
+        by_action[action] = by_action.get(action, 0) + 1
+        if want_list and _session_matches(key, value, flt):
+            matched += 1
+            if len(listed) < limit:
+                listed.append(_session_view(key, value))
+    out = {"by_protocol": by_protocol, "tcp_states": by_state, "by_action": by_action,
+           "total": sum(by_protocol.values())}
+    if want_list:
+        out["list"] = listed
+        out["matched"] = matched
+        out["truncated"] = matched > len(listed)
+    return out
+
+
+def _session_matches(key, value, flt):
+    if flt.get("address") and flt["address"] not in (_maps.u32_to_ip(key.src_ip),
+                                                     _maps.u32_to_ip(key.dst_ip)):
+        return False
+    if flt.get("port") and flt["port"] not in (key.src_port, key.dst_port):
+        return False
+    if flt.get("protocol") and _maps.PROTOCOLS.get(flt["protocol"], flt["protocol"]) != \
+            key.protocol:
+        return False
+    if flt.get("state") and (key.protocol != 6 or
+                             _maps.TCP_STATES[value.state] != flt["state"].upper()):
+        return False
+    return True
+
+
+def _session_view(key, value):
+    return {
+        "container": _maps.u32_to_ip(key.src_ip), "container_port": key.src_port,
+        "remote": _maps.u32_to_ip(key.dst_ip), "remote_port": key.dst_port,
+        "protocol": _maps.PROTOCOL_NAMES.get(key.protocol, key.protocol),
+        "initiated": "ingress" if value.direction else "egress",
+        "state": _maps.TCP_STATES[value.state] if key.protocol == 6 else None,
+        "action": _maps.ACTION_NAMES.get(value.action),
+        "policy_id": value.policy_id, "policy_generation": value.policy_ver,
+        "packets": value.packets, "bytes": value.bytes,
+    }
+
+
+def gather(pin_path, ipr, session_filter=None, session_limit=0):
     facts = {
         "pin_path": pin_path,
         "installed": False,
@@ -79,6 +141,7 @@ def gather(pin_path, ipr):
             if pressure.pressure_level < len(_maps.PRESSURE_LEVELS) else "unknown",
         }
         facts["stats"] = pinned.stats()
+        facts["sessions"] = session_summary(pinned, session_filter, session_limit)
         maps = {}
         for spec in _maps.MAP_SPECS:
             info = pinned.info(spec.name)

@@ -40,6 +40,28 @@ options:
     description: Directory on bpffs holding the pinned maps.
     type: path
     default: /sys/fs/bpf/microseg
+  sessions:
+    description:
+      - Also return up to O(sessions.limit) sessions matching the filter (all filters are
+        optional and combine). Counts by protocol, TCP state and action are always returned.
+    type: dict
+    suboptions:
+      limit:
+        description: Most sessions to list; 0 lists none.
+        type: int
+        default: 100
+      address:
+        description: Container or remote IPv4 address.
+        type: str
+      port:
+        description: Container or remote port.
+        type: int
+      protocol:
+        description: C(tcp), C(udp), C(icmp) or a number.
+        type: str
+      state:
+        description: TCP state, for example C(ESTABLISHED).
+        type: str
 """
 
 EXAMPLES = r"""
@@ -98,6 +120,12 @@ ansible_facts:
           description: Per map, max_entries, and for keyed maps entries and fill_percent.
           type: dict
           returned: when installed
+        sessions:
+          description:
+            - Session counts by protocol, TCP state and action; with O(sessions), a bounded
+              list of matching sessions (C(list), C(matched), C(truncated)).
+          type: dict
+          returned: when installed
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -108,7 +136,16 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(pin_path=dict(type="path", default="/sys/fs/bpf/microseg")),
+        argument_spec=dict(
+            pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
+            sessions=dict(type="dict", options=dict(
+                limit=dict(type="int", default=100),
+                address=dict(type="str"),
+                port=dict(type="int"),
+                protocol=dict(type="str"),
+                state=dict(type="str"),
+            )),
+        ),
         supports_check_mode=True,
     )
     if not _netlink.HAS_PYROUTE2:
@@ -116,7 +153,12 @@ def main():
                          exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
     ipr = _netlink.open_route()
     try:
-        facts = _facts.gather(module.params["pin_path"], ipr)
+        wanted = module.params["sessions"] or {}
+        session_filter = dict((k, v) for k, v in wanted.items() if k != "limit" and v)
+        if session_filter.get("protocol", "").isdigit():
+            session_filter["protocol"] = int(session_filter["protocol"])
+        facts = _facts.gather(module.params["pin_path"], ipr, session_filter,
+                              wanted.get("limit", 0) if wanted else 0)
     except OSError as exc:
         module.fail_json(msg="cannot read the microseg maps under %s: %s"
                          % (module.params["pin_path"], exc))

@@ -248,6 +248,17 @@ def test_adhoc_program_then_facts_after_real_traffic(lab):
     assert ms["program"]["programs"]["microseg_from_container"]["id"] == \
         ms["interfaces"][a.host_if]["ingress"]["prog_id"]
 
+    sessions = ms["sessions"]
+    assert sessions["by_protocol"].get("tcp", 0) >= 2     # a's view and b's view
+    assert sum(sessions["tcp_states"].values()) == sessions["by_protocol"]["tcp"]
+    assert "list" not in sessions
+    listed = run_playbook([{"ebpf.microseg.microseg_facts": {
+        "pin_path": pin, "sessions": {"address": b.address, "port": 5432, "limit": 1}}}])
+    view = listed.task()["ansible_facts"]["microseg"]["sessions"]
+    assert view["matched"] >= 2 and len(view["list"]) == 1 and view["truncated"] is True
+    assert b.address in (view["list"][0]["container"], view["list"][0]["remote"])
+    assert view["list"][0]["protocol"] == "tcp" and view["list"][0]["action"] == "allow"
+
     # Check mode on facts reads the same and changes nothing.
     again = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin, check=True)
     assert again.rc == 0 and again.task()["changed"] is False
