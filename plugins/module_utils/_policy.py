@@ -1,0 +1,175 @@
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""microseg_policy end to end: desired state -> compile -> compare -> plan -> apply."""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import copy
+import os
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
+from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
+from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
+
+EMPTY = {"rules": [], "segments": {}, "default_action": {"egress": "allow", "ingress": "allow"}}
+
+
+class PolicyInputError(Exception):
+    """Bad input or a host that cannot take the policy; nothing was written."""
+
+
+def _rule_name(rule, index):
+    name = rule.get("name") if isinstance(rule, dict) else None
+    return name if name else "#%d" % (index + 1)
+
+
+def desired_document(state, current, params):
+    """The full policy document the host should hold after this run."""
+    rules = params["rules"] or []
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, dict) or not rule.get("name"):
+            raise PolicyInputError("rules[%d]: name is required" % index)
+    by_name = [(r["name"], copy.deepcopy(r)) for r in current["rules"]]
+    order = [name for name, _rule in by_name]
+    held = dict(by_name)
+    segments = dict(current["segments"])
+    default_action = dict(current["default_action"])
+
+    if state in ("merged", "replaced"):
+        for rule in rules:
+            name = rule["name"]
+            if state == "merged" and name in held:
+                merged = dict(held[name])
+                merged.update(dict((k, v) for k, v in rule.items() if v is not None))
+                held[name] = merged
+            else:
+                held[name] = dict((k, v) for k, v in rule.items() if v is not None)
+                if name not in order:
+                    order.append(name)
+        segments.update(params["segments"] or {})
+    elif state == "overridden":
+        held = dict((r["name"], dict((k, v) for k, v in r.items() if v is not None))
+                    for r in rules)
+        order = [r["name"] for r in rules]
+        if params["segments"] is not None:
+            segments = dict(params["segments"])
+    elif state == "deleted":
+        names = set(r["name"] for r in rules)
+        if names:
+            # Deleting a rule the host does not hold is not an error: it is already gone.
+            order = [n for n in order if n not in names]
+        else:
+            order = []
+    if params.get("default_action"):
+        for direction in ("egress", "ingress"):
+            if params["default_action"].get(direction):
+                default_action[direction] = params["default_action"][direction]
+    return {"rules": [held[name] for name in order], "segments": segments,
+            "default_action": default_action}
+
+
+def normalize(document):
+    try:
+        policy = _policy_model.normalize(document["rules"], document["segments"],
+                                         document["default_action"])
+    except _policy_model.PolicyError as exc:
+        raise PolicyInputError(str(exc))
+    canonical = {"rules": policy.to_rules(), "segments": _canonical_segments(document),
+                 "default_action": dict(document["default_action"])}
+    return policy, canonical
+
+
+def _canonical_segments(document):
+    out = {}
+    for name, cidrs in sorted(document["segments"].items()):
+        if isinstance(cidrs, str):
+            cidrs = [cidrs]
+        out[name] = sorted(str(c) for c in cidrs)
+    return out
+
+
+def _entries_view(compiled):
+    out = {}
+    for name in _converge.POLICY_MAPS:
+        out[name] = [{"key": key.as_dict(), "value": value.as_dict()}
+                     for key, value in getattr(compiled, name)]
+    return out
+
+
+def run(params, check_mode, want_diff):
+    state = params["state"]
+    pin_path = params["pin_path"]
+
+    if state == "rendered":
+        document = desired_document("overridden", copy.deepcopy(EMPTY), params)
+        policy, canonical = normalize(document)
+        compiled = _compiler.compile_policy(policy, 0)
+        return {"changed": False, "after": canonical, "rendered": _entries_view(compiled),
+                "entry_changes": dict((name, {"added": len(getattr(compiled, name)),
+                                              "removed": 0, "changed": 0,
+                                              "entries": len(getattr(compiled, name))})
+                                      for name in _converge.POLICY_MAPS)}
+
+    if not os.path.exists(os.path.join(pin_path, "config_map")):
+        raise PolicyInputError("no microseg program under %s: run "
+                               "ebpf.microseg.microseg_program first" % pin_path)
+
+    with _converge.HostLock(pin_path):
+        with _maps.PinnedMaps(pin_path, names=list(_converge.POLICY_MAPS) + ["config_map"]) \
+                as pinned:
+            current = _converge.gather(pinned, pin_path)
+            held = copy.deepcopy(current["source"]) or copy.deepcopy(EMPTY)
+            held["default_action"] = current["default_action"]
+            held.setdefault("segments", {})
+            before = {"rules": held["rules"], "segments": held["segments"],
+                      "default_action": held["default_action"]}
+            if state == "gathered":
+                return {"changed": False, "before": before, "after": before,
+                        "gathered": before, "generation": current["generation"]}
+
+            document = desired_document(state, held, params)
+            policy, after = normalize(document)
+            active = current["active_set"]
+            new_set = active ^ 1
+            compiled = _compiler.compile_policy(policy, new_set)
+            active_entries = dict((name, current["entries"][name][active])
+                                  for name in _converge.POLICY_MAPS)
+            changes = _converge.entry_changes(active_entries, compiled)
+            intact = all(changes[n]["added"] == changes[n]["removed"] == changes[n]["changed"]
+                         == 0 for n in changes)
+            same_source = current["source"] is not None and \
+                _normalized_equal(before, after)
+            switch_needed = not (intact and same_source and
+                                 before["default_action"] == after["default_action"])
+            stale = sum(current["counts"][new_set].values())
+            result = {"changed": switch_needed or stale > 0, "before": before, "after": after,
+                      "entry_changes": changes, "stale_entries_removed": stale,
+                      "generation": current["generation"] + (1 if switch_needed else 0)}
+            if want_diff:
+                result["diff"] = {"before": before, "after": after}
+            if check_mode or not result["changed"]:
+                return result
+            if not switch_needed:
+                # A run killed before its switch left a half-written inactive set.
+                _converge.clear_set(pinned, current["entries"], new_set)
+                return result
+
+            problems = _converge.capacity_problems(current, compiled)
+            if problems:
+                raise PolicyInputError("policy does not fit: " + "; ".join(problems))
+
+            # The inactive set may hold a half-written policy from a run that was killed.
+            _converge.clear_set(pinned, current["entries"], new_set)
+            _converge.write_set(pinned, compiled)
+            _converge.write_source(pin_path, new_set, after)
+            _converge.switch(pinned, current["generation"] + 1, after["default_action"])
+            _converge.clear_set(pinned, current["entries"], active)
+            return result
+
+
+def _normalized_equal(before, after):
+    """The held source went through the same normalization when it was written."""
+    return before["rules"] == after["rules"] and before["segments"] == after["segments"]

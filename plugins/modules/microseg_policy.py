@@ -1,0 +1,201 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: microseg_policy
+short_description: Converge the microseg policy maps from rules and segments
+version_added: 0.1.0
+description:
+  - Compiles rules and named segments into the pinned policy maps of the microseg program
+    (see M(ebpf.microseg.microseg_program)) so that the kernel decides each new flow with
+    one hash lookup and at most four longest-prefix lookups, whatever the rule count.
+  - "The verdict for the first packet of a flow: among the rules whose direction, addresses,
+    protocol and ports match, the most specific wins - an exact 5-tuple rule, then the
+    longer prefix on the remote peer, then the longer prefix on the container's side, then
+    single port over range over any (destination port first, then source port), then a
+    specific protocol over any; a tie goes deny over log over allow; no match takes the
+    default action of the direction."
+  - The converge is atomic. The new rule set is written beside the active one and switched
+    in with one map write that also bumps the policy generation, so established flows are
+    re-evaluated at their next packet (a new deny cuts them). A run killed midway leaves the
+    old policy fully in force. Concurrent runs on one host serialize on a lock.
+  - Runs that would change nothing write nothing and report C(changed=false).
+author:
+  - ebpf.microseg developers (@ebpf-microseg)
+requirements:
+  - netaddr on the target
+  - the microseg program loaded by M(ebpf.microseg.microseg_program) (except for O(state=rendered))
+  - root on the target
+attributes:
+  check_mode:
+    support: full
+    description: Compiles and compares, writes nothing; RV(after) and RV(entry_changes) are the prediction.
+  diff_mode:
+    support: full
+    description: Shows rules, segments and default actions before and after, not map bytes.
+  idempotent:
+    support: full
+    description: A second run with the same input reports C(changed=false) and writes nothing.
+options:
+  rules:
+    description:
+      - The rules. Each is a dict with C(name) (unique; the rule's stable identity),
+        C(direction) (C(egress), C(ingress) or C(both), seen from the container),
+        C(src) and C(dst) (CIDRs or segment names, a string or a list; omitted means any),
+        C(protocol) (C(tcp), C(udp), C(icmp), C(any) or an IANA number; default C(any)),
+        C(dst_ports) and C(src_ports) (tcp/udp only; ports or C("low-high") ranges;
+        omitted means any) and C(action) (C(allow), C(deny) or C(log)).
+      - For O(state=deleted) only C(name) is needed.
+    type: list
+    elements: dict
+    default: []
+  segments:
+    description:
+      - Named address sets, name to list of CIDRs. Overlapping CIDRs are merged.
+      - With O(state=merged) and O(state=replaced) they are added to the segments the host
+        holds; with O(state=overridden) they replace them when given.
+    type: dict
+  default_action:
+    description:
+      - Verdict when no rule matches, per direction. Unchanged when omitted (a host starts
+        with C(allow) both ways, so attaching the program never cuts it off by itself).
+    type: dict
+    suboptions:
+      egress:
+        description: Traffic the container sends.
+        type: str
+        choices: [allow, deny]
+      ingress:
+        description: Traffic the container receives.
+        type: str
+        choices: [allow, deny]
+  state:
+    description:
+      - C(merged) adds the given rules and updates rules of the same name field by field.
+      - C(replaced) replaces each rule of the same name whole, and adds new ones.
+      - C(overridden) leaves the host with exactly the given rules.
+      - C(deleted) removes the rules named, or every rule when none is given.
+      - C(gathered) returns what the host holds, changing nothing.
+      - C(rendered) compiles offline and returns the map entries, touching no host state.
+    type: str
+    choices: [merged, replaced, overridden, deleted, gathered, rendered]
+    default: merged
+  pin_path:
+    description: Pin directory of the microseg program.
+    type: path
+    default: /sys/fs/bpf/microseg
+notes:
+  - During the switch each policy map holds the active and the new policy side by side, so
+    it must have room for both; size the maps with M(ebpf.microseg.microseg_program).
+"""
+
+EXAMPLES = r"""
+- name: Default deny, web may reach the database
+  ebpf.microseg.microseg_policy:
+    segments:
+      web: [10.10.1.0/24]
+      db: [10.10.2.10/32, 10.10.2.11/32]
+    default_action: {egress: deny, ingress: deny}
+    rules:
+      - name: web-to-db
+        direction: both
+        src: [web]
+        dst: [db]
+        protocol: tcp
+        dst_ports: [5432]
+        action: allow
+    state: overridden
+
+- name: Quarantine one container
+  ebpf.microseg.microseg_policy:
+    rules:
+      - {name: quarantine-out, direction: egress, src: 10.10.1.7/32, action: deny}
+      - {name: quarantine-in, direction: ingress, dst: 10.10.1.7/32, action: deny}
+
+- name: Lift the quarantine
+  ebpf.microseg.microseg_policy:
+    rules: [{name: quarantine-out}, {name: quarantine-in}]
+    state: deleted
+
+- name: What does this host enforce?
+  ebpf.microseg.microseg_policy:
+    state: gathered
+  register: enforced
+"""
+
+RETURN = r"""
+before:
+  description: Rules, segments and default actions the host held.
+  returned: always except rendered
+  type: dict
+after:
+  description: Rules, segments and default actions the host holds now (predicted in check mode).
+  returned: always
+  type: dict
+generation:
+  description: The policy generation in force after the run (predicted in check mode).
+  returned: always except rendered
+  type: int
+entry_changes:
+  description: Per policy map, entries added, removed and changed against the active set, and the new total.
+  returned: always except gathered
+  type: dict
+  sample: {"policy_map": {"added": 2, "removed": 0, "changed": 0, "entries": 2}}
+rendered:
+  description: The compiled map entries, per map, as dicts of key and value fields.
+  returned: when state is rendered
+  type: dict
+gathered:
+  description: The rules the host holds (same as RV(after)).
+  returned: when state is gathered
+  type: dict
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
+
+try:
+    import netaddr  # noqa: F401  pylint: disable=unused-import
+    HAS_NETADDR = True
+    NETADDR_IMPORT_ERROR = None
+except ImportError:
+    HAS_NETADDR = False
+    NETADDR_IMPORT_ERROR = traceback.format_exc()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            rules=dict(type="list", elements="dict", default=[]),
+            segments=dict(type="dict"),
+            default_action=dict(type="dict", options=dict(
+                egress=dict(type="str", choices=["allow", "deny"]),
+                ingress=dict(type="str", choices=["allow", "deny"]),
+            )),
+            state=dict(type="str", default="merged",
+                       choices=["merged", "replaced", "overridden", "deleted", "gathered",
+                                "rendered"]),
+            pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
+        ),
+        supports_check_mode=True,
+    )
+    if not HAS_NETADDR:
+        module.fail_json(msg=missing_required_lib("netaddr"), exception=NETADDR_IMPORT_ERROR)
+    try:
+        result = _policy.run(module.params, module.check_mode, module._diff)
+    except _policy.PolicyInputError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""microseg_policy through ansible-playbook, judged by real traffic between namespaces."""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
+from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import (
+    collections_path, run_playbook)
+from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab
+
+SIZES = {"policy_map_size": 200000, "range_map_size": 8192, "session_map_size": 16384}
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    """web, db, other on one bridge, the program attached, echo servers running."""
+    lab = Lab(subnet="198.18.102", names=("web", "db", "other"))
+    pin = new_pin_path("pol")
+    try:
+        task = {"ebpf.microseg.microseg_program": dict(SIZES, bridge=lab.bridge, pin_path=pin)}
+        res = run_playbook([task])
+        assert res.rc == 0, res.stdout
+        lab.wait_links()
+        for ctr in lab.containers.values():
+            ctr.serve("tcp", 5432)
+            ctr.serve("tcp", 80)
+            ctr.serve("udp", 53)
+        yield lab, pin
+    finally:
+        ipr = _netlink.open_route()
+        try:
+            for ctr in lab.containers.values():
+                idx = ipr.link_lookup(ifname=ctr.host_if)
+                for hook in ("ingress", "egress"):
+                    if idx and _netlink.our_filter(ipr, idx[0], hook):
+                        _netlink.detach(ipr, idx[0], hook)
+        finally:
+            ipr.close()
+        lab.destroy()
+        _loader.remove_pins(pin)
+
+
+def segments(lab):
+    return {"web": [lab["web"].address + "/32"], "db": [lab["db"].address + "/32"],
+            "lab": [lab["web"].address.rsplit(".", 1)[0] + ".0/24"]}
+
+
+def policy_task(pin, **args):
+    args["pin_path"] = pin
+    return {"ebpf.microseg.microseg_policy": args}
+
+
+def converge(pin, check=False, diff=False, **args):
+    return run_playbook([policy_task(pin, **args)], check=check, diff=diff)
+
+
+def generation(pin):
+    with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
+        return pinned.config().policy_epoch
+
+
+def matrix(lab):
+    """{(src, dst, service): passed} for every ordered pair, measured."""
+    out = {}
+    for src in lab.containers:
+        for dst in lab.containers:
+            if src == dst:
+                continue
+            ctr, target = lab[src], lab[dst].address
+            out[(src, dst, "tcp/5432")] = ctr.probe("tcp", target, 5432, 0.5) == "ok"
+            out[(src, dst, "tcp/80")] = ctr.probe("tcp", target, 80, 0.5) == "ok"
+            out[(src, dst, "udp/53")] = ctr.probe("udp", target, 53, 0.5) == "ok"
+            out[(src, dst, "icmp")] = ctr.probe("icmp", target, 0.5) == "ok"
+    return out
+
+
+BASE_RULES = [
+    {"name": "web-to-db-postgres", "direction": "both", "src": ["web"], "dst": ["db"],
+     "protocol": "tcp", "dst_ports": [5432], "action": "allow"},
+    {"name": "lab-dns", "direction": "both", "src": ["lab"], "dst": ["db"],
+     "protocol": "udp", "dst_ports": [53], "action": "allow"},
+    {"name": "web-ping-db", "direction": "both", "src": ["web"], "dst": ["db"],
+     "protocol": "icmp", "action": "log"},
+]
+DENY_ALL = {"egress": "deny", "ingress": "deny"}
+
+
+def test_default_deny_with_allow_rules_exactly_the_allowed_pairs_connect(fleet):
+    lab, pin = fleet
+    res = converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                   state="overridden")
+    assert res.rc == 0, res.stdout
+    assert res.task()["changed"] is True
+    got = matrix(lab)
+    allowed = {("web", "db", "tcp/5432"), ("web", "db", "udp/53"), ("other", "db", "udp/53"),
+               ("web", "db", "icmp")}
+    assert set(k for k, v in got.items() if v) == allowed
+
+    again = converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                     state="overridden")
+    assert again.task()["changed"] is False
+    assert again.task()["generation"] == generation(pin)
+
+
+def test_check_mode_and_diff_predict_without_writing(fleet):
+    lab, pin = fleet
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    gen = generation(pin)
+    extra = {"name": "web-http-other", "direction": "both", "src": ["web"],
+             "dst": [lab["other"].address + "/32"], "protocol": "tcp", "dst_ports": [80],
+             "action": "allow"}
+    check = converge(pin, check=True, diff=True, rules=[extra])
+    res = check.task()
+    assert res["changed"] is True and generation(pin) == gen
+    assert res["generation"] == gen + 1
+    assert [r["name"] for r in res["diff"]["after"]["rules"]] == \
+        [r["name"] for r in BASE_RULES] + ["web-http-other"]
+    assert lab["web"].probe("tcp", lab["other"].address, 80, 0.5) == "fail"
+    real = converge(pin, diff=True, rules=[extra]).task()
+    assert real["after"] == res["after"] and real["entry_changes"] == res["entry_changes"]
+    assert generation(pin) == gen + 1
+    assert lab["web"].probe("tcp", lab["other"].address, 80) == "ok"
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"name": "r1", "dst": ["nosuchsegment"], "action": "allow"}, "r1"),
+    ({"name": "r2", "dst": ["198.18.300.0/24"], "action": "allow"}, "r2"),
+    ({"name": "r3", "protocol": "icmp", "dst_ports": [80], "action": "allow"}, "dst_ports"),
+    ({"name": "r4", "protocol": "tcp", "dst_ports": [70000], "action": "allow"}, "dst_ports"),
+    ({"name": "r5", "action": "permit"}, "action"),
+])
+def test_bad_input_names_rule_and_field_and_writes_nothing(fleet, bad, needle):
+    lab, pin = fleet
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    gen = generation(pin)
+    res = converge(pin, rules=[bad])
+    assert res.rc != 0
+    msg = res.task()["msg"]
+    assert bad["name"] in msg and needle in msg, msg
+    assert generation(pin) == gen
+    assert lab["web"].probe("tcp", lab["db"].address, 5432) == "ok"
+
+
+def test_duplicate_names_are_rejected(fleet):
+    _lab, pin = fleet
+    rule = {"name": "twice", "action": "allow"}
+    res = converge(pin, rules=[rule, dict(rule)], state="overridden")
+    assert res.rc != 0 and "twice" in res.task()["msg"]
+
+
+def test_deny_cuts_established_flow_and_allowed_flow_survives(fleet):
+    lab, pin = fleet
+    rules = BASE_RULES + [{"name": "web-http-db", "direction": "both", "src": ["web"],
+                           "dst": ["db"], "protocol": "tcp", "dst_ports": [80],
+                           "action": "allow"}]
+    assert converge(pin, rules=rules, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    web, db = lab["web"], lab["db"]
+    cut = _hold(web, db.address, 80)
+    kept = _hold(web, db.address, 5432)
+    try:
+        assert _say(cut, "a") == "ok" and _say(kept, "a") == "ok"
+        # The http rule turns into a deny; the postgres rule changes but still allows.
+        changed = [dict(r) for r in rules]
+        changed[-1]["action"] = "deny"
+        changed[0]["dst_ports"] = [5432, 5433]
+        res = converge(pin, rules=changed, segments=segments(lab), default_action=DENY_ALL,
+                       state="overridden")
+        assert res.task()["changed"] is True
+        assert _say(cut, "b") == "fail"
+        assert _say(kept, "b") == "ok"
+        assert _say(kept, "c") == "ok"
+    finally:
+        _close(cut)
+        _close(kept)
+
+
+def test_quarantine_stops_all_flows_of_one_container_both_ways(fleet):
+    lab, pin = fleet
+    default_allow = {"egress": "allow", "ingress": "allow"}
+    assert converge(pin, rules=[], segments=segments(lab), default_action=default_allow,
+                    state="overridden").rc == 0
+    web = lab["web"].address
+    assert lab["web"].probe("tcp", lab["db"].address, 80) == "ok"
+    held = _hold(lab["web"], lab["other"].address, 80)
+    try:
+        assert _say(held, "x") == "ok"
+        quarantine = [
+            {"name": "quarantine-web-out", "direction": "egress", "src": web + "/32",
+             "action": "deny"},
+            {"name": "quarantine-web-in", "direction": "ingress", "dst": web + "/32",
+             "action": "deny"},
+        ]
+        assert converge(pin, rules=quarantine).task()["changed"] is True
+        assert _say(held, "y") == "fail"
+        got = matrix(lab)
+        assert not any(v for (s, d, _svc), v in got.items() if "web" in (s, d))
+        assert all(v for (s, d, _svc), v in got.items() if "web" not in (s, d))
+        lifted = converge(pin, rules=[{"name": "quarantine-web-out"},
+                                      {"name": "quarantine-web-in"}], state="deleted")
+        assert lifted.task()["changed"] is True
+        assert lab["web"].probe("tcp", lab["db"].address, 80) == "ok"
+    finally:
+        _close(held)
+
+
+def test_gathered_and_rendered(fleet):
+    lab, pin = fleet
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    gathered = converge(pin, state="gathered").task()
+    assert gathered["changed"] is False
+    assert [r["name"] for r in gathered["gathered"]["rules"]] == [r["name"] for r in BASE_RULES]
+    assert gathered["gathered"]["default_action"] == DENY_ALL
+    rendered = converge("/nonexistent/pins", state="rendered", rules=BASE_RULES,
+                        segments=segments(lab), default_action=DENY_ALL).task()
+    assert rendered["changed"] is False
+    assert sum(len(v) for v in rendered["rendered"].values()) > 0
+
+
+def test_sigkill_mid_converge_leaves_old_policy_in_force(fleet):
+    lab, pin = fleet
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    gen = generation(pin)
+    # 60,000 exact rules take long enough to write that we can kill the writer midway.
+    script = textwrap.dedent("""
+        import sys
+        from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
+        rules = [{"name": "bulk-%d" % i, "direction": "egress", "src": "198.19.%d.%d/32"
+                  % (i >> 8 & 255, i & 255), "dst": "198.19.250.1/32", "protocol": "tcp",
+                  "src_ports": [1024 + i % 60000], "dst_ports": [443], "action": "allow"}
+                 for i in range(60000)]
+        _policy.run({"rules": rules, "segments": None, "default_action": None,
+                     "state": "merged", "pin_path": sys.argv[1]}, False, False)
+    """)
+    env = dict(os.environ, PYTHONPATH=collections_path())
+    proc = subprocess.Popen([sys.executable, "-c", script, pin], env=env)
+    try:
+        inactive = gen & 1 ^ 1
+        deadline = time.time() + 120
+        killed = False
+        while time.time() < deadline and proc.poll() is None:
+            if _set_count(pin, "policy_map", inactive) > 1000:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.01)
+        proc.wait()
+        assert killed, "the converge finished before it could be killed"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert generation(pin) == gen
+    assert _set_count(pin, "policy_map", gen & 1 ^ 1) > 1000   # the half-written set
+    assert lab["web"].probe("tcp", lab["db"].address, 5432) == "ok"
+    assert lab["web"].probe("tcp", lab["db"].address, 80, 0.5) == "fail"
+    # The next identical run removes the half-written set (a change) without a switch.
+    res = converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                   state="overridden")
+    assert res.task()["changed"] is True
+    assert res.task()["stale_entries_removed"] > 1000
+    assert generation(pin) == gen
+    assert _set_count(pin, "policy_map", gen & 1 ^ 1) == 0
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").task()["changed"] is False
+    # And a real change after a kill converges normally.
+    more = BASE_RULES + [{"name": "web-http-db", "direction": "both", "src": ["web"],
+                          "dst": ["db"], "protocol": "tcp", "dst_ports": [80],
+                          "action": "allow"}]
+    assert converge(pin, rules=more, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").task()["changed"] is True
+    assert generation(pin) == gen + 1
+    assert lab["web"].probe("tcp", lab["db"].address, 80) == "ok"
+
+
+def _set_count(pin, name, policy_set):
+    with _maps.PinnedMaps(pin, names=[name]) as pinned:
+        return sum(1 for key, _value in pinned.items(name)
+                   if _converge.entry_set(name, key) == policy_set)
+
+
+def _hold(ctr, address, port):
+    proc = subprocess.Popen(["ip", "netns", "exec", ctr.netns, sys.executable, PROBE, "hold",
+                             address, str(port), "1.0"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, universal_newlines=True)
+    assert proc.stdout.readline().strip() == "connected"
+    return proc
+
+
+def _say(proc, word):
+    proc.stdin.write(word + "\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip() or "fail"
+
+
+def _close(proc):
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdin.close()
+    proc.stdout.close()
