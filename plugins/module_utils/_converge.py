@@ -26,7 +26,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 
 POLICY_MAPS = ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
                "sport_range_map")
-SOURCE_MAP = "policy_source"
+SOURCE_MAP = "policy_source"   # listed in _loader.OTHER_PINS so state=absent removes it
 SOURCE_VALUE_SIZE = 4 * 1024 * 1024
 SOURCE_SLOTS = 2           # one per policy set
 LOCK_DIR = "/run/lock"

@@ -37,6 +37,8 @@ PROGRAMS = {
 }
 HOOK_PROGRAM = dict((hook, fn) for fn, (_pin, hook) in PROGRAMS.items())
 META_MAP = "microseg_meta"
+# Pinned by other parts of the collection, removed with the rest on state=absent.
+OTHER_PINS = ("policy_source",)
 META_VALUE_SIZE = 65536
 LOADER_VERSION = "1"
 
@@ -413,7 +415,7 @@ def remove_pins(pin_path):
     removed = []
     if not os.path.isdir(pin_path):
         return removed
-    ours = set(spec.name for spec in _maps.MAP_SPECS) | set([META_MAP])
+    ours = set(spec.name for spec in _maps.MAP_SPECS) | set([META_MAP]) | set(OTHER_PINS)
     ours |= set(pin for pin, _hook in PROGRAMS.values())
     for name in sorted(os.listdir(pin_path)):
         base = re.sub(r"_(old|new)$", "", name)
