@@ -236,6 +236,12 @@ def main():
         rows = control_section(args)
         sections.append(("Control plane, wall seconds",
                          table(("run", "seconds", "compile s"), rows)))
+        print("control plane: microseg_policy converge at 100k exact + 10k CIDR rules",
+              file=sys.stderr)
+        from ansible_collections.ebpf.microseg.bench.converge import converge_rows
+        sections.append(("microseg_policy converge (module code path), wall seconds",
+                         table(("run", "seconds", "entries moved", "changed"),
+                               converge_rows())))
     text = "\n\n".join("## %s\n\n%s" % (title, body) for title, body in sections)
     print(text)
     with open(os.path.join(HERE, "results.md"), "w") as handle:

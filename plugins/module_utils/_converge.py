@@ -20,6 +20,8 @@ import hashlib
 import json
 import os
 import struct
+import time
+import zlib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -27,8 +29,8 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 POLICY_MAPS = ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
                "sport_range_map")
 SOURCE_MAP = "policy_source"   # listed in _loader.OTHER_PINS so state=absent removes it
-SOURCE_VALUE_SIZE = 4 * 1024 * 1024
-SOURCE_SLOTS = 2           # one per policy set
+SOURCE_CHUNK = 1024 * 1024
+SOURCE_MAX_CHUNKS = 64
 LOCK_DIR = "/run/lock"
 
 
@@ -64,17 +66,34 @@ def _strip_set(map_name, key, value):
 
 
 # ---- the policy source, kept with the maps -------------------------------------------
+# The rules as written (normalized), zlib-compressed, in 1 MiB chunks of a hash map keyed
+# (policy_set << 16 | chunk): what `gathered` returns and what the next run compares with.
 
 def _source_fd(pin_path, create):
     path = os.path.join(pin_path, SOURCE_MAP)
     if os.path.exists(path):
-        return bpf.obj_get(path)
+        fd = bpf.obj_get(path)
+        info = bpf.map_info(fd)
+        if info["type"] == bpf.BPF_MAP_TYPE_HASH and info["value_size"] == SOURCE_CHUNK + 4:
+            return fd
+        bpf.close(fd)           # an older layout: the maps themselves are the truth
+        os.unlink(path)
     if not create:
         return None
-    fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, SOURCE_VALUE_SIZE, SOURCE_SLOTS, 0,
-                        "policy_source")
+    fd = bpf.map_create(bpf.BPF_MAP_TYPE_HASH, 4, SOURCE_CHUNK + 4, SOURCE_MAX_CHUNKS * 2,
+                        bpf.BPF_F_NO_PREALLOC, "policy_source")
     bpf.obj_pin(fd, path)
     return fd
+
+
+def encode_source(document):
+    """Compressed chunks; raises ConvergeError before anything is written if too big."""
+    blob = zlib.compress(json.dumps(document, sort_keys=True, separators=(",", ":")).encode(), 6)
+    chunks = [blob[i:i + SOURCE_CHUNK] for i in range(0, len(blob), SOURCE_CHUNK)] or [b""]
+    if len(chunks) > SOURCE_MAX_CHUNKS:
+        raise ConvergeError("the policy is %d bytes compressed; at most %d fit beside the maps"
+                            % (len(blob), SOURCE_CHUNK * SOURCE_MAX_CHUNKS))
+    return chunks
 
 
 def read_source(pin_path, policy_set):
@@ -82,26 +101,35 @@ def read_source(pin_path, policy_set):
     fd = _source_fd(pin_path, create=False)
     if fd is None:
         return None
+    parts = []
     try:
-        raw = bpf.map_lookup(fd, struct.pack("=I", policy_set), SOURCE_VALUE_SIZE)
+        for index in range(SOURCE_MAX_CHUNKS):
+            raw = bpf.map_lookup(fd, struct.pack("=I", policy_set << 16 | index),
+                                 SOURCE_CHUNK + 4)
+            if raw is None:
+                break
+            length = struct.unpack("=I", raw[:4])[0]
+            parts.append(raw[4:4 + length])
     finally:
         bpf.close(fd)
-    length = struct.unpack("=I", raw[:4])[0] if raw else 0
-    if not length:
+    if not parts:
         return None
-    return json.loads(raw[4:4 + length].decode())
+    try:
+        return json.loads(zlib.decompress(b"".join(parts)).decode())
+    except (zlib.error, ValueError):
+        return None
 
 
-def write_source(pin_path, policy_set, document):
-    blob = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    if len(blob) + 4 > SOURCE_VALUE_SIZE:
-        raise ConvergeError("the policy source is %d bytes; at most %d fit beside the maps"
-                            % (len(blob), SOURCE_VALUE_SIZE - 4))
+def write_source(pin_path, policy_set, chunks):
     fd = _source_fd(pin_path, create=True)
     try:
-        value = struct.pack("=I", len(blob)) + blob
-        value += b"\0" * (SOURCE_VALUE_SIZE - len(value))
-        bpf.map_update(fd, struct.pack("=I", policy_set), value, 0)
+        for index, chunk in enumerate(chunks):
+            value = struct.pack("=I", len(chunk)) + chunk
+            value += b"\0" * (SOURCE_CHUNK + 4 - len(value))
+            bpf.map_update(fd, struct.pack("=I", policy_set << 16 | index), value, 0)
+        for index in range(len(chunks), SOURCE_MAX_CHUNKS):
+            if not bpf.map_delete(fd, struct.pack("=I", policy_set << 16 | index)):
+                break
     finally:
         bpf.close(fd)
 
@@ -201,12 +229,25 @@ def clear_set(pinned, entries, policy_set):
     return removed
 
 
+def fault_point(name):
+    """Crash-safety tests stop a converge here (MICROSEG_FAULT_PAUSE=name) and SIGKILL it.
+
+    The marker file tells the test the process has arrived; nothing else changes.
+    """
+    if os.environ.get("MICROSEG_FAULT_PAUSE") != name:
+        return
+    with open(os.environ["MICROSEG_FAULT_MARKER"], "w") as handle:
+        handle.write(name)
+    time.sleep(600)
+
+
 def write_set(pinned, compiled):
     written = 0
     for name in POLICY_MAPS:
         pairs = getattr(compiled, name)
         if pairs:
             written += pinned.update_many(name, pairs)
+            fault_point("mid_write")
     return written
 
 

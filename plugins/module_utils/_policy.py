@@ -32,7 +32,8 @@ def desired_document(state, current, params):
     for index, rule in enumerate(rules):
         if not isinstance(rule, dict) or not rule.get("name"):
             raise PolicyInputError("rules[%d]: name is required" % index)
-    by_name = [(r["name"], copy.deepcopy(r)) for r in current["rules"]]
+    # Rules are only replaced or updated at the top level: shallow copies are enough.
+    by_name = [(r["name"], dict(r)) for r in current["rules"]]
     order = [name for name, _rule in by_name]
     held = dict(by_name)
     segments = dict(current["segments"])
@@ -121,7 +122,7 @@ def run(params, check_mode, want_diff):
         with _maps.PinnedMaps(pin_path, names=list(_converge.POLICY_MAPS) + ["config_map"]) \
                 as pinned:
             current = _converge.gather(pinned, pin_path)
-            held = copy.deepcopy(current["source"]) or copy.deepcopy(EMPTY)
+            held = dict(current["source"]) if current["source"] else copy.deepcopy(EMPTY)
             held["default_action"] = current["default_action"]
             held.setdefault("segments", {})
             before = {"rules": held["rules"], "segments": held["segments"],
@@ -134,6 +135,17 @@ def run(params, check_mode, want_diff):
             policy, after = normalize(document)
             active = current["active_set"]
             new_set = active ^ 1
+            stale = sum(current["counts"][new_set].values())
+            if current["source"] is not None and _normalized_equal(before, after) and \
+                    before["default_action"] == after["default_action"] and not stale and \
+                    current["source"].get("entry_counts") == current["counts"][active]:
+                # Same rules, and the active set still holds exactly what was written for
+                # them: nothing to compile, nothing to write.
+                return {"changed": False, "before": before, "after": after,
+                        "entry_changes": dict((name, {"added": 0, "removed": 0, "changed": 0,
+                                                      "entries": count})
+                                              for name, count in current["counts"][active].items()),
+                        "stale_entries_removed": 0, "generation": current["generation"]}
             compiled = _compiler.compile_policy(policy, new_set)
             active_entries = dict((name, current["entries"][name][active])
                                   for name in _converge.POLICY_MAPS)
@@ -144,7 +156,6 @@ def run(params, check_mode, want_diff):
                 _normalized_equal(before, after)
             switch_needed = not (intact and same_source and
                                  before["default_action"] == after["default_action"])
-            stale = sum(current["counts"][new_set].values())
             result = {"changed": switch_needed or stale > 0, "before": before, "after": after,
                       "entry_changes": changes, "stale_entries_removed": stale,
                       "generation": current["generation"] + (1 if switch_needed else 0)}
@@ -160,11 +171,16 @@ def run(params, check_mode, want_diff):
             problems = _converge.capacity_problems(current, compiled)
             if problems:
                 raise PolicyInputError("policy does not fit: " + "; ".join(problems))
+            try:
+                source_chunks = _converge.encode_source(dict(after,
+                                                             entry_counts=compiled.counts()))
+            except _converge.ConvergeError as exc:
+                raise PolicyInputError(str(exc))
 
             # The inactive set may hold a half-written policy from a run that was killed.
             _converge.clear_set(pinned, current["entries"], new_set)
             _converge.write_set(pinned, compiled)
-            _converge.write_source(pin_path, new_set, after)
+            _converge.write_source(pin_path, new_set, source_chunks)
             _converge.switch(pinned, current["generation"] + 1, after["default_action"])
             _converge.clear_set(pinned, current["entries"], active)
             return result

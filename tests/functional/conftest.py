@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath, pin_prefix
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,7 +36,7 @@ def dp(datapath_session):
 
 
 def _leftovers():
-    pins = set(n for n in os.listdir("/sys/fs/bpf") if n.startswith("mstest_")) \
+    pins = set(n for n in os.listdir("/sys/fs/bpf") if n.startswith(pin_prefix())) \
         if os.path.isdir("/sys/fs/bpf") else set()
     netns = set(subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
                                universal_newlines=True, check=False).stdout.split())

@@ -30,9 +30,14 @@ SMALL_SIZES = {
 }
 
 
+def pin_prefix():
+    """Pins of this process start with this: cleanup checks never see other runs' pins."""
+    return "mstest_%d_" % os.getpid()
+
+
 def new_pin_path(tag="dp"):
     bpf.ensure_bpffs("/sys/fs/bpf")
-    return "/sys/fs/bpf/mstest_%s_%s" % (tag, uuid.uuid4().hex[:10])
+    return "/sys/fs/bpf/%s%s_%s" % (pin_prefix(), tag, uuid.uuid4().hex[:10])
 
 
 class Datapath:

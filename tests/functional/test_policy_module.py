@@ -241,7 +241,8 @@ def test_sigkill_mid_converge_leaves_old_policy_in_force(fleet):
     assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
                     state="overridden").rc == 0
     gen = generation(pin)
-    # 60,000 exact rules take long enough to write that we can kill the writer midway.
+    # 60,000 exact rules, and the converge is stopped after its first map is written
+    # (fault point "mid_write"), then killed: a half-written inactive set.
     script = textwrap.dedent("""
         import sys
         from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
@@ -252,24 +253,23 @@ def test_sigkill_mid_converge_leaves_old_policy_in_force(fleet):
         _policy.run({"rules": rules, "segments": None, "default_action": None,
                      "state": "merged", "pin_path": sys.argv[1]}, False, False)
     """)
-    env = dict(os.environ, PYTHONPATH=collections_path())
+    marker = pin.replace("/sys/fs/bpf/", "/tmp/") + ".fault"
+    env = dict(os.environ, PYTHONPATH=collections_path(), MICROSEG_FAULT_PAUSE="mid_write",
+               MICROSEG_FAULT_MARKER=marker)
     proc = subprocess.Popen([sys.executable, "-c", script, pin], env=env)
     try:
-        inactive = gen & 1 ^ 1
         deadline = time.time() + 120
-        killed = False
-        while time.time() < deadline and proc.poll() is None:
-            if _set_count(pin, "policy_map", inactive) > 1000:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.01)
+        while time.time() < deadline and proc.poll() is None and not os.path.exists(marker):
+            time.sleep(0.05)
+        assert os.path.exists(marker), "the converge never reached the fault point"
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert killed, "the converge finished before it could be killed"
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+        if os.path.exists(marker):
+            os.unlink(marker)
     assert generation(pin) == gen
     assert _set_count(pin, "policy_map", gen & 1 ^ 1) > 1000   # the half-written set
     assert lab["web"].probe("tcp", lab["db"].address, 5432) == "ok"
