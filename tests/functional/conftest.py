@@ -51,14 +51,27 @@ def _ours(names):
     return set(n for n in names if n.startswith("ms") and not n.startswith("msd-"))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def nothing_left_behind():
-    """Every test cleans up what it creates: pins, namespaces, links. Checked at the end."""
-    if os.geteuid() != 0:
-        yield
+_BEFORE = {}
+
+
+def pytest_sessionstart(session):
+    if os.geteuid() == 0:
+        _BEFORE["state"] = _leftovers()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every test cleans up what it creates: pins, namespaces, links.
+
+    Checked here, after every fixture's teardown (a session fixture cannot see the others
+    go), and a leak fails the run.
+    """
+    if "state" not in _BEFORE:
         return
-    before = _leftovers()
-    yield
     after = _leftovers()
-    leaked = [sorted(a - b) for a, b in zip(after, before)]
-    assert not any(leaked), "left behind: pins %s, netns %s, links %s" % tuple(leaked)
+    leaked = [sorted(a - b) for a, b in zip(after, _BEFORE["state"])]
+    if any(leaked):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "left behind: pins %s, netns %s, links %s" % tuple(leaked)
+        if reporter:
+            reporter.write_line("FAILED cleanup check: " + message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

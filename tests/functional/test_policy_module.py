@@ -6,6 +6,7 @@
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import json
 import os
 import signal
 import subprocess
@@ -319,3 +320,49 @@ def _close(proc):
     proc.wait()
     proc.stdin.close()
     proc.stdout.close()
+
+
+def test_concurrent_converges_serialize(fleet):
+    """Two runs at once: both succeed, one after the other (two generations), no mix."""
+    lab, pin = fleet
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    gen = generation(pin)
+    script = textwrap.dedent("""
+        import json, sys
+        from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
+        rules = [{"name": "%s-%d" % (sys.argv[2], i), "direction": "egress",
+                  "dst": "198.19.%d.%d/32" % (i >> 8, i & 255), "protocol": "udp",
+                  "dst_ports": [int(sys.argv[3])], "action": "allow"} for i in range(3000)]
+        res = _policy.run({"rules": rules, "segments": None, "default_action": None,
+                           "state": "overridden", "pin_path": sys.argv[1]}, False, False)
+        print(json.dumps({"changed": res["changed"], "generation": res["generation"]}))
+    """)
+    env = dict(os.environ, PYTHONPATH=collections_path())
+    procs = [subprocess.Popen([sys.executable, "-c", script, pin, name, port], env=env,
+                              stdout=subprocess.PIPE, universal_newlines=True)
+             for name, port in (("first", "1000"), ("second", "2000"))]
+    results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(r["generation"] for r in results) == [gen + 1, gen + 2]
+    assert generation(pin) == gen + 2
+    held = converge(pin, state="gathered").task()["gathered"]["rules"]
+    prefixes = set(r["name"].split("-")[0] for r in held)
+    assert len(prefixes) == 1 and len(held) == 3000      # exactly one run's rules, whole
+    assert _set_count(pin, "policy_map", 0) + _set_count(pin, "policy_map", 1) == 0
+
+
+def test_policy_larger_than_the_maps_is_refused_before_writing(fleet):
+    lab, pin = fleet
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    gen = generation(pin)
+    # 9,000 remote /32s need 9,000 first-stage LPM entries; range_map_size is 8,192.
+    rules = [{"name": "host-%d" % i, "direction": "egress",
+              "dst": "198.19.%d.%d/32" % (i >> 8, i & 255), "action": "allow"}
+             for i in range(9000)]
+    res = converge(pin, rules=rules, state="overridden")
+    assert res.rc != 0
+    assert "does not fit" in res.task()["msg"] and "range_map" in res.task()["msg"]
+    assert generation(pin) == gen
+    assert lab["web"].probe("tcp", lab["db"].address, 5432) == "ok"
