@@ -15,6 +15,7 @@ import socket
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
@@ -416,16 +417,6 @@ def describe(params, ipr):
     """Per-interface attachment and program ids, read back after apply."""
     pin_path = params["pin_path"]
     programs = _loader.pinned_program_info(pin_path) if os.path.isdir(pin_path) else {}
-    interfaces = {}
-    for link in _netlink.list_links(ipr):
-        hooks = {}
-        for hook in HOOKS:
-            entry = _netlink.our_filter(ipr, link["index"], hook)
-            if entry:
-                hooks[hook] = {"prog_id": entry["prog_id"], "tag": entry["tag"],
-                               "program": entry["name"]}
-        if hooks:
-            interfaces[link["name"]] = hooks
     progs = dict((fn, {"id": info["id"], "tag": info["tag"], "name": info.get("name")})
                  for fn, info in programs.items())
-    return interfaces, progs
+    return _facts.attachment(ipr), progs

@@ -17,6 +17,9 @@ import sys
 import time
 import uuid
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netprobe.py")
 
 
@@ -108,12 +111,27 @@ class Lab:
     def __getitem__(self, name):
         return self.containers[name]
 
-    def destroy(self):
+    def destroy(self, pin_path=None):
+        """Remove everything; with pin_path also our filters and that pin directory."""
+        if pin_path:
+            self._detach_programs()
+            _loader.remove_pins(pin_path)
         for ctr in self.containers.values():
             ctr.stop_processes()
             sh("ip", "link", "del", ctr.host_if, check=False)
             sh("ip", "netns", "del", ctr.netns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
+
+    def _detach_programs(self):
+        ipr = _netlink.open_route()
+        try:
+            for ctr in self.containers.values():
+                index = ipr.link_lookup(ifname=ctr.host_if)
+                for hook in ("ingress", "egress"):
+                    if index and _netlink.our_filter(ipr, index[0], hook):
+                        _netlink.detach(ipr, index[0], hook)
+        finally:
+            ipr.close()
 
     def wait_links(self, timeout=5.0):
         """Bridge ports go through listening/learning; wait until forwarding."""

@@ -17,9 +17,7 @@ import time
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
-from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import (
     collections_path, run_playbook)
 from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
@@ -44,17 +42,7 @@ def fleet():
             ctr.serve("udp", 53)
         yield lab, pin
     finally:
-        ipr = _netlink.open_route()
-        try:
-            for ctr in lab.containers.values():
-                idx = ipr.link_lookup(ifname=ctr.host_if)
-                for hook in ("ingress", "egress"):
-                    if idx and _netlink.our_filter(ipr, idx[0], hook):
-                        _netlink.detach(ipr, idx[0], hook)
-        finally:
-            ipr.close()
-        lab.destroy()
-        _loader.remove_pins(pin)
+        lab.destroy(pin_path=pin)
 
 
 def segments(lab):

@@ -33,18 +33,7 @@ def lab():
     try:
         yield lab, pin
     finally:
-        # Whatever a test left: remove our filters and pins before the links go.
-        ipr = _netlink.open_route()
-        try:
-            for ctr in lab.containers.values():
-                idx = ipr.link_lookup(ifname=ctr.host_if)
-                for hook in ("ingress", "egress"):
-                    if idx and _netlink.our_filter(ipr, idx[0], hook):
-                        _netlink.detach(ipr, idx[0], hook)
-        finally:
-            ipr.close()
-        lab.destroy()
-        _loader.remove_pins(pin)
+        lab.destroy(pin_path=pin)
 
 
 def program_task(pin, lab, **extra):
