@@ -7,6 +7,8 @@ from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import copy
+import hashlib
+import json
 import os
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
@@ -132,20 +134,27 @@ def run(params, check_mode, want_diff):
                         "gathered": before, "generation": current["generation"]}
 
             document = desired_document(state, held, params)
-            policy, after = normalize(document)
+            digest = input_digest(document)
             active = current["active_set"]
             new_set = active ^ 1
             stale = sum(current["counts"][new_set].values())
-            if current["source"] is not None and _normalized_equal(before, after) and \
-                    before["default_action"] == after["default_action"] and not stale and \
-                    current["source"].get("entry_counts") == current["counts"][active]:
-                # Same rules, and the active set still holds exactly what was written for
-                # them: nothing to compile, nothing to write.
-                return {"changed": False, "before": before, "after": after,
-                        "entry_changes": dict((name, {"added": 0, "removed": 0, "changed": 0,
-                                                      "entries": count})
-                                              for name, count in current["counts"][active].items()),
-                        "stale_entries_removed": 0, "generation": current["generation"]}
+            intact = current["source"] is not None and not stale and \
+                current["source"].get("entry_counts") == current["counts"][active]
+            unchanged = {"changed": False, "before": before, "after": before,
+                         "entry_changes": dict((name, {"added": 0, "removed": 0, "changed": 0,
+                                                       "entries": count})
+                                               for name, count in current["counts"][active].items()),
+                         "stale_entries_removed": 0, "generation": current["generation"]}
+            if intact and current["source"].get("input_digest") == digest and \
+                    before["default_action"] == document["default_action"]:
+                # The very input that produced the active set, which still holds what was
+                # written for it: no normalize, no compile, no write.
+                return unchanged
+            policy, after = normalize(document)
+            if intact and _normalized_equal(before, after) and \
+                    before["default_action"] == after["default_action"]:
+                unchanged["after"] = after
+                return unchanged
             compiled = _compiler.compile_policy(policy, new_set)
             active_entries = dict((name, current["entries"][name][active])
                                   for name in _converge.POLICY_MAPS)
@@ -173,7 +182,8 @@ def run(params, check_mode, want_diff):
                 raise PolicyInputError("policy does not fit: " + "; ".join(problems))
             try:
                 source_chunks = _converge.encode_source(dict(after,
-                                                             entry_counts=compiled.counts()))
+                                                             entry_counts=compiled.counts(),
+                                                             input_digest=digest))
             except _converge.ConvergeError as exc:
                 raise PolicyInputError(str(exc))
 
@@ -184,6 +194,12 @@ def run(params, check_mode, want_diff):
             _converge.switch(pinned, current["generation"] + 1, after["default_action"])
             _converge.clear_set(pinned, current["entries"], active)
             return result
+
+
+def input_digest(document):
+    """Identity of the desired document as given, before normalization."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _normalized_equal(before, after):
