@@ -18,7 +18,7 @@ arch_headers() {
 
 APT_PACKAGES=(
   python3-bpfcc bpftool "$(arch_headers)" linux-libc-dev gcc
-  iproute2 openssh-server openssh-client iperf3 nftables iptables
+  iproute2 procps openssh-server openssh-client iperf3 nftables iptables
   python3-pyroute2 python3-netaddr python3-venv python3-pip python3-yaml shellcheck
 )
 
