@@ -1,35 +1,55 @@
 # -*- coding: utf-8 -*-
-# Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: ebpf.microseg contributors
 """Rules -> map entries, so the kernel decides with a bounded number of lookups.
 
-The kernel (decide() in files/bpf/microseg.bpf.c) looks up the exact 5-tuple, then walks
-longest-prefix stages: remote address, container address, protocol + destination port,
-source port. Every stage value either ends the walk with a verdict or names the class of
-the next stage. All the specificity reasoning happens here:
+decide() in files/bpf/microseg.bpf.c looks up the exact 5-tuple (policy_map), then walks
+up to four longest-prefix stages: remote address (ip_range_map), container address
+(local_range_map), protocol + destination port (port_range_map), source port
+(sport_range_map). Each stage value either ends the walk (RANGE_FLAG_FINAL: policy_id and
+action) or names the class the next stage looks up; a miss means the default action.
+All the specificity reasoning of the reference model (_verdict.py) happens here:
 
-* Stage 1 entries are the remote prefixes of all rules. The longest prefix N holding the
-  remote address determines the candidates exactly: the rules with a remote CIDR that
-  contains N (prefixes holding one address are nested). Same for the container side.
-* For the ports, the port space is cut at every rule boundary into intervals with one
-  candidate set; each interval's winner (or next class) is written as aligned blocks.
-* Classes are deduplicated by their candidate set, which keeps the entry count close to
-  the number of distinct situations rather than rules x prefixes.
+* Exact rules (tcp/udp, /32 both sides, one port each side) go to policy_map only: a
+  packet that matches one exactly is won by it; no other packet can match it.
+* Stage 1 keys are every remote prefix of the direction's rules (/0 for "any"). The
+  longest key N holding the remote address fixes the candidates: the rules with a remote
+  prefix containing N, each at the length of its longest such prefix.
+* Stage 2 does the same for the container's address within one candidate set.
+* Stage 3 cuts the destination port space of each protocol at every rule boundary into
+  intervals with one candidate set and writes them as aligned power-of-two blocks; the
+  any-protocol entry (prefixlen 32) answers for protocols and ports not written.
+* Stage 4 does the same for source ports.
+
+At every stage the candidates that can no longer win are dropped: the best rule that
+matches whatever the remaining fields are ("unconditional") beats every rule that is less
+specific on the fields already known. When it is the only one left the stage ends the
+walk. Classes are shared between identical candidate situations, and a stage key whose
+value equals what the longest-prefix match would find without it is not written.
 """
 
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import struct
+
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
     ACTION_RANK, PORT_PROTOCOLS, port_specificity)
 
+MAP_NAMES = ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
+             "sport_range_map")
 DIR_INDEX = {"egress": 0, "ingress": 1}
-ALL_PORTS = (0, 65535)
+CLASS_BASE = 4          # class ids 0..3 are the stage-1 roots: (policy_set << 1) | direction
+CLASS_SET_BIT = 31      # later class ids carry the policy set in their top bit
+ANY_PREFIX = (0, 0)
 
 
 class CompiledPolicy:
-    def __init__(self):
+    """Entries for one policy set: per map a list of (key, value) ctypes mirrors."""
+
+    def __init__(self, policy_set=0):
+        self.policy_set = policy_set
         self.policy_map = []
         self.ip_range_map = []
         self.local_range_map = []
@@ -38,260 +58,320 @@ class CompiledPolicy:
         self.rule_ids = {}
 
     def counts(self):
-        return dict((name, len(getattr(self, name))) for name in
-                    ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
-                     "sport_range_map"))
+        return dict((name, len(getattr(self, name))) for name in MAP_NAMES)
+
+    def entries(self):
+        """(map name, [(key, value)]) for every policy map, in a fixed order."""
+        return [(name, getattr(self, name)) for name in MAP_NAMES]
 
 
-class _Candidate:
-    """A rule with what is already known of its rank at this point of the walk."""
+class _Cand:
+    """A rule with what is known of its rank at this point of the walk."""
 
-    __slots__ = ("rule", "index", "remote_len", "local_len", "dspec")
+    __slots__ = ("rule", "remote_len", "local_len", "dspec")
 
-    def __init__(self, rule, index, remote_len=None, local_len=None, dspec=None):
+    def __init__(self, rule, remote_len, local_len=0, dspec=0):
         self.rule = rule
-        self.index = index
         self.remote_len = remote_len
         self.local_len = local_len
         self.dspec = dspec
 
-    def signature(self):
-        return (self.index, self.remote_len, self.local_len, self.dspec)
+    def key(self, sspec=0):
+        """The model's rank (non-exact rules), then the earlier rule on a full tie."""
+        rule = self.rule
+        return (self.remote_len, self.local_len, self.dspec, sspec,
+                0 if rule.protocol is None else 1, ACTION_RANK[rule.action], -rule.index)
 
 
-def _rank(cand, sspec):
+def _best(cands, sspec_of=None):
+    best, best_key = None, None
+    for cand in cands:
+        key = cand.key(sspec_of(cand) if sspec_of else 0)
+        if best_key is None or key > best_key:
+            best, best_key = cand, key
+    return best
+
+
+def _prune(cands, unconditional, known):
+    """(live candidates, winner or None).
+
+    unconditional(c): c matches whatever the fields still to be looked at are, so its rank
+    is fixed. known(c): the part of the rank already fixed for every candidate. A rule
+    less specific on the known part than the best unconditional one can never win.
+    """
+    fixed = [c for c in cands if unconditional(c)]
+    if not fixed:
+        return sorted(cands, key=lambda c: c.rule.index), None
+    top = _best(fixed)
+    live = [top] + [c for c in cands if not unconditional(c) and known(c) >= known(top)]
+    live.sort(key=lambda c: c.rule.index)
+    return live, (top if len(live) == 1 else None)
+
+
+def _signature(live, fields):
+    """What a class depends on; a lone candidate's lengths do not matter."""
+    if len(live) == 1:
+        return (live[0].rule.index,)
+    return tuple((c.rule.index,) + tuple(getattr(c, f) for f in fields) for c in live)
+
+
+def _final(cand):
     rule = cand.rule
-    return (cand.remote_len, cand.local_len, cand.dspec, sspec,
-            0 if rule.protocol is None else 1, ACTION_RANK[rule.action])
+    return _maps.RangeValue(policy_id=rule.policy_id, action=_maps.ACTIONS[rule.action],
+                            flags=_maps.RANGE_FLAG_FINAL)
 
 
-def _winner(cands, sspec_of):
-    """The model's choice: highest rank, the earliest rule on a full tie."""
-    best, best_cand = None, None
-    for cand in sorted(cands, key=lambda c: c.index):
-        sspec = sspec_of(cand)
-        if sspec is None:
-            continue
-        rank = _rank(cand, sspec)
-        if best is None or rank > best:
-            best, best_cand = rank, cand
-    return best_cand
+def _next(class_id):
+    return _maps.RangeValue(next_class=class_id)
 
 
 def _blocks(low, high):
-    """Split [low, high] of a 16-bit space into aligned power-of-two blocks (start, bits)."""
+    """[low, high] of the 16-bit port space as aligned blocks: [(start, prefix bits)]."""
     out = []
     while low <= high:
         size = low & -low if low else 1 << 16
         while low + size - 1 > high:
             size >>= 1
-        bits = size.bit_length() - 1
-        out.append((low, 16 - bits))
+        out.append((low, 16 - (size.bit_length() - 1)))
         low += size
     return out
 
 
-def _intervals(boundaries):
-    """Elementary intervals of 0..65535 cut at the given (low, high) ranges."""
+def _intervals(ranges):
+    """Elementary intervals of 0..65535 cut at the bounds of ranges."""
     cuts = set([0, 65536])
-    for low, high in boundaries:
+    for low, high in ranges:
         cuts.add(low)
         cuts.add(high + 1)
     points = sorted(cuts)
     return [(points[i], points[i + 1] - 1) for i in range(len(points) - 1)]
 
 
-def _range_value(cand=None, next_class=None):
-    if cand is None:
-        return _maps.RangeValue(next_class=next_class)
-    return _maps.RangeValue(policy_id=cand.rule.policy_id, action=_maps.ACTIONS[cand.rule.action],
-                            flags=_maps.RANGE_FLAG_FINAL)
+def _runs(intervals, outcome_of):
+    """Consecutive intervals with the same outcome joined: [(low, high, outcome)]."""
+    runs = []
+    for low, high in intervals:
+        outcome = outcome_of(low)
+        same = runs and _same(runs[-1][2], outcome)
+        if same:
+            runs[-1][1] = high
+        else:
+            runs.append([low, high, outcome])
+    return runs
 
 
-class _Builder:
-    def __init__(self, policy_set):
+def _same(a, b):
+    if a is None or b is None:
+        return a is b
+    return a.pack() == b.pack()
+
+
+def _u32(address):
+    """Host-order int -> the u32 the kernel stores (network byte order in memory)."""
+    return struct.unpack("=I", struct.pack("!I", address))[0]
+
+
+def _mask(plen):
+    return (0xffffffff << (32 - plen)) & 0xffffffff if plen else 0
+
+
+def _ancestors(prefix):
+    """prefix and every shorter prefix holding it, longest first."""
+    network, plen = prefix
+    for length in range(plen, -1, -1):
+        yield network & _mask(length), length
+
+
+def _by_longest_holder(nodes_rules):
+    """{node: [(item, length of item's longest prefix holding node)]}, each item once.
+
+    nodes_rules maps a prefix to the items that list it; every listed prefix is a node.
+    """
+    out = {}
+    for node in nodes_rules:
+        seen = {}
+        for ancestor in _ancestors(node):
+            for item in nodes_rules.get(ancestor, ()):
+                if id(item) not in seen:
+                    seen[id(item)] = (item, ancestor[1])
+        out[node] = list(seen.values())
+    return out
+
+
+def _lpm_entries(values, make_key):
+    """Keys for prefix -> value, leaving out those that equal their nearest ancestor's."""
+    pairs = []
+    for node in sorted(values, key=lambda n: (n[1], n[0])):
+        parent = None
+        for ancestor in _ancestors(node):
+            if ancestor != node and ancestor in values:
+                parent = ancestor
+                break
+        if parent is not None and _same(values[parent], values[node]):
+            continue
+        pairs.append((make_key(node), values[node]))
+    return pairs
+
+
+class _Compiler:
+    def __init__(self, policy, policy_set):
+        self.policy = policy
         self.policy_set = policy_set
-        self.out = CompiledPolicy()
-        self.next_id = 4
+        self.out = CompiledPolicy(policy_set)
         self.classes = {}
+        self.counter = CLASS_BASE
 
-    def class_id(self, stage, signature):
-        """A class per distinct candidate situation; returns (id, new?)."""
-        key = (stage, signature)
+    def class_id(self, key):
+        """(class id, new?) for one candidate situation of one stage."""
         if key in self.classes:
             return self.classes[key], False
-        cid = (self.policy_set << 31) | self.next_id
-        self.next_id += 1
+        if self.counter >= 1 << CLASS_SET_BIT:
+            raise ValueError("policy too large: class ids exhausted")
+        cid = (self.policy_set << CLASS_SET_BIT) | self.counter
+        self.counter += 1
         self.classes[key] = cid
         return cid, True
 
-    # -- exact rules --------------------------------------------------------------------
-    def exact(self, rule):
-        src, dst = rule.src[0][0], rule.dst[0][0]
-        for direction in rule.directions:
-            key = _maps.PolicyKey(
-                src_ip=_maps.ip_to_u32(_int_to_ip(src)), dst_ip=_maps.ip_to_u32(_int_to_ip(dst)),
-                src_port=rule.src_ports[0][0], dst_port=rule.dst_ports[0][0],
-                protocol=rule.protocol, direction=DIR_INDEX[direction],
-                policy_set=self.policy_set)
-            value = _maps.PolicyValue(policy_id=rule.policy_id,
-                                      action=_maps.ACTIONS[rule.action])
-            self.out.policy_map.append((key, value))
-
-    # -- stage 1: remote prefix -----------------------------------------------------------
-    def direction(self, direction, rules):
-        remote_of = (lambda r: r.dst) if direction == "egress" else (lambda r: r.src)
-        nodes = set()
-        for _index, rule in rules:
-            nets = remote_of(rule)
-            nodes.update(nets if nets is not None else [(0, 0)])
-        stage1 = (self.policy_set << 1) | DIR_INDEX[direction]
-        # Rules by remote prefix: a node's candidates are the rules at its ancestors, so
-        # each node costs 33 dict lookups rather than a scan of every rule.
-        by_prefix = {}
-        for index, rule in rules:
-            for net in remote_of(rule) or [(0, 0)]:
-                by_prefix.setdefault(net, []).append((index, rule))
-        for node in sorted(nodes, key=lambda n: (n[1], n[0])):
-            found = {}
-            for plen in range(node[1], -1, -1):
-                mask = (0xffffffff << (32 - plen)) & 0xffffffff if plen else 0
-                for index, rule in by_prefix.get((node[0] & mask, plen), ()):
-                    if index not in found:
-                        found[index] = (rule, plen)   # longest containing CIDR first
-            cands = [_Candidate(rule, index, remote_len=plen)
-                     for index, (rule, plen) in sorted(found.items())]
-            value = self.local_stage(direction, cands)
-            key = _maps.LpmKey(prefixlen=32 + node[1], class_id=stage1,
-                               ip=_maps.ip_to_u32(_int_to_ip(node[0])))
-            self.out.ip_range_map.append((key, value))
-
-    # -- stage 2: container prefix -------------------------------------------------------
-    def local_stage(self, direction, cands):
-        local_of = (lambda r: r.src) if direction == "egress" else (lambda r: r.dst)
-        if all(c.rule.protocol is None and local_of(c.rule) is None for c in cands):
-            for cand in cands:
-                cand.local_len = 0
-                cand.dspec = 0
-            return _range_value(_winner(cands, lambda c: 0))
-        # The container side is src for egress and dst for ingress: never share across.
-        cid, new = self.class_id(2, (direction,) + tuple(c.signature() for c in cands))
-        if new:
-            by_prefix = {}
-            for cand in cands:
-                for net in local_of(cand.rule) or [(0, 0)]:
-                    by_prefix.setdefault(net, []).append(cand)
-            for node in sorted(by_prefix, key=lambda n: (n[1], n[0])):
-                found = {}
-                for plen in range(node[1], -1, -1):
-                    mask = (0xffffffff << (32 - plen)) & 0xffffffff if plen else 0
-                    for cand in by_prefix.get((node[0] & mask, plen), ()):
-                        if cand.index not in found:
-                            found[cand.index] = (cand, plen)
-                sub = [_Candidate(cand.rule, index, cand.remote_len, llen)
-                       for index, (cand, llen) in sorted(found.items())]
-                key = _maps.LpmKey(prefixlen=32 + node[1], class_id=cid,
-                                   ip=_maps.ip_to_u32(_int_to_ip(node[0])))
-                self.out.local_range_map.append((key, self.port_stage(sub)))
-        return _range_value(next_class=cid)
-
-    # -- stage 3: protocol and destination port -------------------------------------------
-    def port_stage(self, cands):
-        if all(c.rule.protocol is None for c in cands):
-            for cand in cands:
-                cand.dspec = 0
-            return _range_value(_winner(cands, lambda c: 0))
-        cid, new = self.class_id(3, tuple(c.signature() for c in cands))
-        if not new:
-            return _range_value(next_class=cid)
-        any_proto = [c for c in cands if c.rule.protocol is None]
-        if any_proto:
-            for cand in any_proto:
-                cand.dspec = 0
-            key = _maps.PortLpmKey(prefixlen=32, class_id=cid)
-            winner = _winner(any_proto, lambda c: 0)
-            self.out.port_range_map.append((key, _range_value(winner)))
-        for proto in sorted(set(c.rule.protocol for c in cands if c.rule.protocol is not None)):
-            mine = [c for c in cands if c.rule.protocol in (proto, None)]
-            if proto not in PORT_PROTOCOLS:
-                sub = [_Candidate(c.rule, c.index, c.remote_len, c.local_len, 0) for c in mine]
-                key = _maps.PortLpmKey(prefixlen=40, class_id=cid, protocol=proto)
-                self.out.port_range_map.append((key, _range_value(_winner(sub, lambda c: 0))))
+    # -- exact rules ----------------------------------------------------------------------
+    def exact(self):
+        seen = set()
+        for rule in self.policy.rules:
+            if not rule.exact:
                 continue
-            cuts = []
-            for cand in mine:
-                cuts.extend(cand.rule.dst_ports or [])
-            runs = []
-            for low, high in _intervals(cuts):
+            for direction in rule.directions:
+                key = _maps.PolicyKey(
+                    src_ip=_u32(rule.src_prefixes[0][0]),
+                    dst_ip=_u32(rule.dst_prefixes[0][0]),
+                    src_port=rule.src_ports[0][0], dst_port=rule.dst_ports[0][0],
+                    protocol=rule.protocol, direction=DIR_INDEX[direction],
+                    policy_set=self.policy_set)
+                packed = key.pack()
+                if packed in seen:
+                    continue      # the same 5-tuple again: the first rule listed wins
+                seen.add(packed)
+                value = _maps.PolicyValue(policy_id=rule.policy_id,
+                                          action=_maps.ACTIONS[rule.action])
+                self.out.policy_map.append((key, value))
+
+    # -- stage 1: remote prefix -------------------------------------------------------------
+    def remote_stage(self, direction):
+        rules = [r for r in self.policy.rules if direction in r.directions and not r.exact]
+        if not rules:
+            return
+        listing = {}
+        for rule in rules:
+            for prefix in rule.remote(direction) or [ANY_PREFIX]:
+                listing.setdefault(prefix, []).append(rule)
+        values = {}
+        for node, found in _by_longest_holder(listing).items():
+            cands = [_Cand(rule, remote_len=length) for rule, length in found]
+            values[node] = self.after_remote(direction, cands)
+        root = (self.policy_set << 1) | DIR_INDEX[direction]
+        self.out.ip_range_map.extend(_lpm_entries(values, lambda node: _maps.LpmKey(
+            prefixlen=32 + node[1], class_id=root, ip=_u32(node[0]))))
+
+    # -- stage 2: the container's prefix ---------------------------------------------------
+    def after_remote(self, direction, cands):
+        live, winner = _prune(
+            cands, lambda c: c.rule.local(direction) is None and c.rule.protocol is None,
+            lambda c: c.remote_len)
+        if winner is not None:
+            return _final(winner)
+        # The container is src for egress and dst for ingress: never share across.
+        cid, new = self.class_id(("local", direction, _signature(live, ("remote_len",))))
+        if new:
+            listing = {}
+            for cand in live:
+                for prefix in cand.rule.local(direction) or [ANY_PREFIX]:
+                    listing.setdefault(prefix, []).append(cand)
+            values = {}
+            for node, found in _by_longest_holder(listing).items():
+                sub = [_Cand(c.rule, c.remote_len, local_len=length) for c, length in found]
+                values[node] = self.after_local(sub)
+            self.out.local_range_map.extend(_lpm_entries(values, lambda node: _maps.LpmKey(
+                prefixlen=32 + node[1], class_id=cid, ip=_u32(node[0]))))
+        return _next(cid)
+
+    # -- stage 3: protocol and destination port ---------------------------------------------
+    def after_local(self, cands):
+        live, winner = _prune(cands, lambda c: c.rule.protocol is None,
+                              lambda c: (c.remote_len, c.local_len))
+        if winner is not None:
+            return _final(winner)
+        cid, new = self.class_id(("port", _signature(live, ("remote_len", "local_len"))))
+        if new:
+            self.port_entries(cid, live)
+        return _next(cid)
+
+    def port_entries(self, cid, live):
+        any_proto = [c for c in live if c.rule.protocol is None]
+        fallback = _final(_best(any_proto)) if any_proto else None
+        if fallback is not None:
+            self.out.port_range_map.append((_maps.PortLpmKey(prefixlen=32, class_id=cid),
+                                            fallback))
+        for proto in sorted(set(c.rule.protocol for c in live if c.rule.protocol is not None)):
+            mine = [c for c in live if c.rule.protocol in (proto, None)]
+            if proto not in PORT_PROTOCOLS:
+                value = _final(_best(mine))
+                if not _same(value, fallback):
+                    key = _maps.PortLpmKey(prefixlen=40, class_id=cid, protocol=proto)
+                    self.out.port_range_map.append((key, value))
+                continue
+            cuts = [r for c in mine for r in (c.rule.dst_ports or ())]
+
+            def outcome(port, mine=mine):
                 sub = []
-                for cand in mine:
-                    dspec = port_specificity(cand.rule.dst_ports, low)
-                    if dspec is not None:
-                        sub.append(_Candidate(cand.rule, cand.index, cand.remote_len,
-                                              cand.local_len, dspec))
-                value = self.sport_stage(sub) if sub else None
-                outcome = None if value is None else value.pack()
-                if runs and runs[-1][2] == outcome:
-                    runs[-1][1] = high
-                else:
-                    runs.append([low, high, outcome, value])
-            for low, high, _outcome, value in runs:
-                if value is None:
-                    # No candidate: then no any-protocol rule exists either (those match
-                    # every port), so the lookup misses and the default decides.
+                for c in mine:
+                    spec = port_specificity(c.rule.dst_ports, port)
+                    if spec is not None:
+                        sub.append(_Cand(c.rule, c.remote_len, c.local_len, dspec=spec))
+                return self.after_dport(sub) if sub else None
+
+            for low, high, value in _runs(_intervals(cuts), outcome):
+                # No candidate (then no any-protocol rule either): the miss is the default.
+                # The same answer as the any-protocol entry: the fallback gives it.
+                if value is None or _same(value, fallback):
                     continue
                 for start, bits in _blocks(low, high):
                     key = _maps.PortLpmKey(prefixlen=40 + bits, class_id=cid, protocol=proto)
                     key.port[0], key.port[1] = _maps.port_to_bytes(start)
                     self.out.port_range_map.append((key, value))
-        return _range_value(next_class=cid)
+        return cid
 
-    # -- stage 4: source port ----------------------------------------------------------
-    def sport_stage(self, cands):
-        if all(c.rule.src_ports is None for c in cands):
-            return _range_value(_winner(cands, lambda c: 0))
-        cid, new = self.class_id(4, tuple(c.signature() for c in cands))
+    # -- stage 4: source port ----------------------------------------------------------------
+    def after_dport(self, cands):
+        live, winner = _prune(cands, lambda c: c.rule.src_ports is None,
+                              lambda c: (c.remote_len, c.local_len, c.dspec))
+        if winner is not None:
+            return _final(winner)
+        cid, new = self.class_id(("sport", _signature(live, ("remote_len", "local_len",
+                                                             "dspec"))))
         if new:
-            cuts = []
-            for cand in cands:
-                cuts.extend(cand.rule.src_ports or [])
-            runs = []
-            for low, high in _intervals(cuts):
-                win = _winner(cands, lambda c, p=low: port_specificity(c.rule.src_ports, p))
-                outcome = None if win is None else win.index
-                if runs and runs[-1][2] == outcome:
-                    runs[-1][1] = high
-                else:
-                    runs.append([low, high, outcome, win])
-            for low, high, _outcome, win in runs:
-                if win is None:
-                    continue    # no candidate: the miss means the default
+            cuts = [r for c in live for r in (c.rule.src_ports or ())]
+
+            def outcome(port):
+                win = _best([c for c in live
+                             if port_specificity(c.rule.src_ports, port) is not None],
+                            lambda c: port_specificity(c.rule.src_ports, port))
+                return None if win is None else _final(win)
+
+            for low, high, value in _runs(_intervals(cuts), outcome):
+                if value is None:
+                    continue    # nothing matches: the miss means the default
                 for start, bits in _blocks(low, high):
                     key = _maps.SportLpmKey(prefixlen=32 + bits, class_id=cid)
                     key.port[0], key.port[1] = _maps.port_to_bytes(start)
-                    self.out.sport_range_map.append((key, _range_value(win)))
-        return _range_value(next_class=cid)
-
-
-def _int_to_ip(value):
-    return "%d.%d.%d.%d" % (value >> 24 & 255, value >> 16 & 255, value >> 8 & 255, value & 255)
+                    self.out.sport_range_map.append((key, value))
+        return _next(cid)
 
 
 def compile_policy(policy, policy_set):
-    """Map entries for one policy set (0 or 1) of the double-buffered policy maps."""
-    builder = _Builder(policy_set)
-    for rule in policy.rules:
-        builder.out.rule_ids[rule.name] = rule.policy_id
+    """CompiledPolicy for one policy set (0 or 1) of the double-buffered policy maps."""
+    if policy_set not in (0, 1):
+        raise ValueError("policy_set must be 0 or 1, not %r" % (policy_set,))
+    compiler = _Compiler(policy, policy_set)
+    compiler.out.rule_ids = dict((rule.name, rule.policy_id) for rule in policy.rules)
+    compiler.exact()
     for direction in ("egress", "ingress"):
-        rules = []
-        for index, rule in enumerate(policy.rules):
-            if direction not in rule.directions:
-                continue
-            if rule.exact:
-                if direction == rule.directions[0]:
-                    builder.exact(rule)
-                continue
-            rules.append((index, rule))
-        if rules:
-            builder.direction(direction, rules)
-    return builder.out
+        compiler.remote_stage(direction)
+    return compiler.out

@@ -1,10 +1,25 @@
 # -*- coding: utf-8 -*-
-# Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The policy users write: validation and the canonical form compiler and model share.
+# Copyright: ebpf.microseg contributors
+"""The policy users write: validation, and the canonical form the compiler and model share.
 
-Every error names the rule and the field, so a bad playbook says where it is wrong before
-anything on the host is touched.
+``normalize(rules, segments, default_action)`` checks everything before anything on a host
+is touched and raises ``PolicyError`` naming the rule and the field at the first problem.
+
+Canonical rule (``Rule``):
+
+* ``src`` / ``dst``: ``None`` for any, else a list of ``netaddr.IPNetwork`` merged with
+  ``netaddr.cidr_merge`` (segments expanded). ``src_prefixes`` / ``dst_prefixes`` hold the
+  same sets as sorted ``(network_int, prefixlen)`` tuples, the form the model and the
+  compiler compute with.
+* ``protocol``: ``None`` for any, else the IANA number.
+* ``dst_ports`` / ``src_ports``: ``None`` for any, else a sorted list of ``(low, high)``.
+  Single ports stay single (they are more specific than a range holding them); ranges
+  that overlap or touch are merged into one.
+* ``directions``: a tuple of ``"egress"`` / ``"ingress"``.
+
+Specificity is judged on this canonical form: ``[10.0.0.10/32, 10.0.0.11/32]`` is one
+``/31`` for the verdict, exactly as if it had been written that way.
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -17,143 +32,220 @@ try:
     import netaddr
     HAS_NETADDR = True
     NETADDR_IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - depends on the host
+except ImportError as _exc:  # pragma: no cover - depends on the host
     netaddr = None
     HAS_NETADDR = False
-    NETADDR_IMPORT_ERROR = exc
+    NETADDR_IMPORT_ERROR = _exc
 
 RULE_KEYS = ("name", "direction", "src", "dst", "protocol", "dst_ports", "src_ports", "action")
 DIRECTIONS = {"egress": ("egress",), "ingress": ("ingress",), "both": ("egress", "ingress")}
+DEFAULT_DIRECTION = "both"
 ACTIONS = ("allow", "deny", "log")
+DEFAULT_ACTIONS = ("allow", "deny")
 ACTION_RANK = {"allow": 0, "log": 1, "deny": 2}   # a tie goes deny > log > allow
-PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "any": None}
-PROTOCOL_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
+PROTOCOLS = {"any": None, "icmp": 1, "tcp": 6, "udp": 17}
+PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 PORT_PROTOCOLS = (6, 17)
+ANY_WORDS = ("any",)
+
+_DOTTED = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?$")
+_PORT = re.compile(r"^\s*(\d{1,10})\s*(?:-\s*(\d{1,10})\s*)?$")
 
 
 class PolicyError(Exception):
+    """Bad policy input. ``str()`` reads ``rule 'web-to-db': dst_ports: port 70000 ...``."""
+
     def __init__(self, rule, field, message):
         self.rule = rule
         self.field = field
-        where = "rule %r: %s" % (rule, field) if rule is not None else field
-        super(PolicyError, self).__init__("%s: %s" % (where, message))
+        self.message = message
+        if rule is None:
+            text = "%s: %s" % (field, message)
+        else:
+            text = "rule %r: %s: %s" % (str(rule), field, message)
+        super(PolicyError, self).__init__(text)
 
 
-class Rule:
-    """One canonical rule. Addresses are (network_int, prefixlen) pairs, ports (lo, hi)."""
-
-    __slots__ = ("name", "policy_id", "directions", "src", "dst", "protocol", "dst_ports",
-                 "src_ports", "action", "source")
-
-    def __init__(self, **fields):
-        for key in self.__slots__:
-            setattr(self, key, fields.get(key))
-
-    @property
-    def exact(self):
-        """All five fields single-valued: the seed's policy_map rule."""
-        def single_host(nets):
-            return nets is not None and len(nets) == 1 and nets[0][1] == 32
-
-        def single_port(ports):
-            return ports is not None and len(ports) == 1 and ports[0][0] == ports[0][1]
-        return (self.protocol in PORT_PROTOCOLS and single_host(self.src) and
-                single_host(self.dst) and single_port(self.src_ports) and
-                single_port(self.dst_ports))
+def _require_netaddr():
+    if not HAS_NETADDR:
+        raise PolicyError(None, "netaddr", "the python netaddr library is required (%s)"
+                          % NETADDR_IMPORT_ERROR)
 
 
-class Policy:
-    def __init__(self, rules, segments, default_action):
-        self.rules = rules
-        self.segments = segments
-        self.default_action = default_action
+# -- addresses -------------------------------------------------------------------------
 
-    def to_rules(self):
-        return [rule.source for rule in self.rules]
+def _mask(plen):
+    return (0xffffffff << (32 - plen)) & 0xffffffff if plen else 0
 
 
-def policy_id_for(name):
-    """Stable id from the name: the same rule keeps its hit counters across converges."""
-    value = zlib.crc32(name.encode("utf-8")) & 0x7fffffff
-    return value or 1
+def int_to_ip(value):
+    return "%d.%d.%d.%d" % (value >> 24 & 255, value >> 16 & 255, value >> 8 & 255, value & 255)
 
 
-_DOTTED = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?$")
+def parse_cidr(text):
+    """(network_int, prefixlen) for a strict dotted quad with an optional /len.
 
-
-def _parse_simple(text):
-    """(network_int, prefixlen) for a plain dotted quad or CIDR, else None (slow path).
-
-    Large policies are mostly single hosts; parsing them without netaddr objects is what
-    keeps a 100,000-rule normalize in seconds.
+    Raises ValueError with a message for the user. Abbreviated forms that inet_aton would
+    take ("10.1", "10") and leading zeros (octal to some tools) are refused: a firewall
+    rule should mean one thing.
     """
+    text = str(text).strip()
+    if ":" in text:
+        raise ValueError("%s is an IPv6 address; IPv6 rules are not supported yet "
+                         "(IPv4 only)" % text)
     match = _DOTTED.match(text)
     if not match:
-        return None
-    octets = [int(g) for g in match.groups()[:4]]
-    plen = int(match.group(5)) if match.group(5) is not None else 32
-    if max(octets) > 255 or plen > 32:
-        return None
+        raise ValueError("%r is not an IPv4 address or CIDR (a.b.c.d or a.b.c.d/len)" % text)
+    groups = match.groups()
+    octets = [int(octet) for octet in groups[:4]]
+    if max(octets) > 255:
+        raise ValueError("%r is not an IPv4 address: an octet is over 255" % text)
+    for octet in groups[:4]:
+        if len(octet) > 1 and octet[0] == "0":
+            raise ValueError("%r has a leading zero in an octet (ambiguous)" % text)
+    plen = 32 if groups[4] is None else int(groups[4])
+    if plen > 32:
+        raise ValueError("%r: prefix length %d is over 32" % (text, plen))
     value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
-    mask = (0xffffffff << (32 - plen)) & 0xffffffff if plen else 0
-    if value & mask != value:
-        return None   # host bits set: the slow path says so properly
-    return value, plen
+    network = value & _mask(plen)
+    if network != value:
+        raise ValueError("%s has host bits set; did you mean %s/%d?"
+                         % (text, int_to_ip(network), plen))
+    return network, plen
 
 
-def _parse_cidr(text, rule, field):
-    if netaddr is None:
-        raise PolicyError(rule, field, "netaddr is required to parse addresses")
-    try:
-        net = netaddr.IPNetwork(str(text))
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise PolicyError(rule, field, "%r is not an IPv4 address, CIDR or segment" % (text,))
-    if net.version != 4:
-        raise PolicyError(rule, field, "%s is IPv6; rules are IPv4 only for now" % text)
-    if net.network != net.ip:
-        raise PolicyError(rule, field, "%s has host bits set; did you mean %s?" % (text, net.cidr))
-    return net.cidr
+def looks_like_address(text):
+    """An address attempt (to be parsed, errors and all) rather than a segment name."""
+    text = str(text).strip()
+    return ":" in text or text.isdigit() or (
+        text[:1].isdigit() and ("." in text or "/" in text))
 
 
-def _looks_like_address(text):
-    return bool(re.match(r"^[0-9a-fA-F:.]+(/\d+)?$", str(text)))
+def _network(prefix):
+    return netaddr.IPNetwork((prefix[0], prefix[1]))
+
+
+def _merge(prefixes):
+    """Sorted merged (int, plen) tuples; None when the union is everything."""
+    unique = sorted(set(prefixes))
+    if len(unique) > 1:
+        merged = netaddr.cidr_merge([_network(p) for p in unique])
+        unique = sorted((int(n.network), n.prefixlen) for n in merged)
+    if any(plen == 0 for _net, plen in unique):
+        return None
+    return unique
 
 
 def parse_segments(segments):
+    """{name: merged (int, plen) list}; errors name the segment."""
+    if segments is None:
+        return {}
+    if not isinstance(segments, dict):
+        raise PolicyError(None, "segments", "must be a mapping of name to a list of CIDRs")
     out = {}
-    for name, cidrs in (segments or {}).items():
+    for name in sorted(segments, key=str):
+        where = "segments.%s" % name
+        if not isinstance(name, str) or not name.strip():
+            raise PolicyError(None, where, "a segment name must be a non-empty string")
+        if name in ANY_WORDS or looks_like_address(name):
+            raise PolicyError(None, where, "a segment name must not look like an address "
+                              "or be 'any'")
+        cidrs = segments[name]
         if isinstance(cidrs, str):
             cidrs = [cidrs]
         if not isinstance(cidrs, (list, tuple)) or not cidrs:
-            raise PolicyError(None, "segments.%s" % name, "must be a non-empty list of CIDRs")
-        nets = [_parse_cidr(c, None, "segments.%s" % name) for c in cidrs]
-        out[name] = netaddr.cidr_merge(nets)
+            raise PolicyError(None, where, "must be a non-empty list of CIDRs")
+        prefixes = []
+        for item in cidrs:
+            try:
+                prefixes.append(parse_cidr(item))
+            except ValueError as exc:
+                raise PolicyError(None, where, str(exc))
+        merged = _merge(prefixes)
+        out[name] = [(0, 0)] if merged is None else merged
     return out
 
 
+def _address_items(value, rule, field):
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    if not items:
+        raise PolicyError(rule, field, "must not be empty (omit it for any address)")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, str):
+            raise PolicyError(rule, field, "%r is not a CIDR or a segment name" % (item,))
+    return [item.strip() for item in items]
+
+
 def _addresses(value, segments, rule, field):
-    """None (any) or a merged list of (network_int, prefixlen)."""
+    """(canonical items for to_rules, merged prefixes or None)."""
+    if value is None:
+        return None, None
+    items = _address_items(value, rule, field)
+    prefixes = []
+    names = set()
+    cidrs = set()
+    anything = False
+    for item in items:
+        if item in segments:
+            names.add(item)
+            prefixes.extend(segments[item])
+        elif item in ANY_WORDS:
+            anything = True
+        elif looks_like_address(item):
+            try:
+                prefix = parse_cidr(item)
+            except ValueError as exc:
+                raise PolicyError(rule, field, str(exc))
+            cidrs.add(prefix)
+            prefixes.append(prefix)
+        else:
+            raise PolicyError(rule, field, "unknown segment %r (known: %s)"
+                              % (item, ", ".join(sorted(segments)) or "none"))
+    merged = None if anything else _merge(prefixes)
+    if merged is None:
+        return None, None
+    canonical = ["%s/%d" % (int_to_ip(n), p) for n, p in sorted(cidrs)] + sorted(names)
+    return canonical, merged
+
+
+# -- protocol and ports --------------------------------------------------------------------
+
+def _protocol(value, rule):
     if value is None:
         return None
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items:
-        raise PolicyError(rule, field, "must be a CIDR, a segment name or a list of them")
-    if len(items) == 1 and str(items[0]) not in segments:
-        simple = _parse_simple(str(items[0]))
-        if simple is not None:
-            return None if simple[1] == 0 else [simple]
-    nets = []
-    for item in items:
-        item = str(item)
-        if item in segments:
-            nets.extend(segments[item])
-        elif item in ("any", "0.0.0.0/0"):
-            return None
-        elif _looks_like_address(item):
-            nets.append(_parse_cidr(item, rule, field))
+    if isinstance(value, bool):
+        raise PolicyError(rule, "protocol", "%r is not tcp, udp, icmp, any or 0-255" % (value,))
+    text = str(value).strip().lower()
+    if text in PROTOCOLS:
+        return PROTOCOLS[text]
+    if text.isdigit() and int(text) <= 255:
+        return int(text)
+    raise PolicyError(rule, "protocol", "%r is not tcp, udp, icmp, any or a number 0-255"
+                      % (value,))
+
+
+def protocol_label(protocol):
+    if protocol is None:
+        return "any"
+    return PROTOCOL_NAMES.get(protocol, protocol)
+
+
+def merge_ports(ranges):
+    """Sorted (low, high) list: singles kept as singles, ranges merged if they overlap/touch."""
+    if len(ranges) == 1:
+        return list(ranges)
+    singles = set(r for r in ranges if r[0] == r[1])
+    spans = sorted(r for r in ranges if r[0] != r[1])
+    merged = []
+    for low, high in spans:
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
         else:
-            raise PolicyError(rule, field, "unknown segment %r" % item)
-    return sorted((int(n.network), n.prefixlen) for n in netaddr.cidr_merge(nets))
+            merged.append((low, high))
+    return sorted(singles | set(merged))
 
 
 def _ports(value, protocol, rule, field):
@@ -161,134 +253,222 @@ def _ports(value, protocol, rule, field):
         return None
     if protocol not in PORT_PROTOCOLS:
         raise PolicyError(rule, field, "ports need protocol tcp or udp, not %s"
-                          % PROTOCOL_NAMES.get(protocol, protocol if protocol is not None
-                                               else "any"))
-    items = value if isinstance(value, (list, tuple)) else [value]
+                          % protocol_label(protocol))
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items:
         raise PolicyError(rule, field, "must not be empty (omit it for any port)")
     ranges = []
     for item in items:
-        text = str(item).strip()
-        match = re.match(r"^(\d+)(?:\s*-\s*(\d+))?$", text)
-        if not match or isinstance(item, bool):
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
             raise PolicyError(rule, field, "%r is not a port or a low-high range" % (item,))
-        low = int(match.group(1))
-        high = int(match.group(2)) if match.group(2) is not None else low
+        if isinstance(item, int):
+            low = high = item
+        else:
+            match = _PORT.match(item)
+            if not match:
+                raise PolicyError(rule, field, "%r is not a port or a low-high range" % (item,))
+            low = int(match.group(1))
+            high = low if match.group(2) is None else int(match.group(2))
         for port in (low, high):
             if not 0 <= port <= 65535:
                 raise PolicyError(rule, field, "port %d is out of range 0-65535" % port)
         if low > high:
-            raise PolicyError(rule, field, "range %s runs backwards" % text)
+            raise PolicyError(rule, field, "range %d-%d is backwards (low > high)" % (low, high))
         ranges.append((low, high))
-    return _merge_ranges(ranges)
-
-
-def _merge_ranges(ranges):
-    """Entries stay as written (a port is as specific as the best entry holding it)."""
-    return sorted(set(ranges))
+    return merge_ports(ranges)
 
 
 def port_specificity(ranges, port):
-    """2 single port, 1 range, 0 any, None no match."""
+    """2 if a single port of ranges is port, 1 if a range holds it, 0 for any, None if no."""
     if ranges is None:
         return 0
     best = None
     for low, high in ranges:
         if low <= port <= high:
             spec = 2 if low == high else 1
-            best = spec if best is None else max(best, spec)
+            if best is None or spec > best:
+                best = spec
     return best
 
 
-def _protocol(value, rule):
-    if value is None:
-        return None
-    text = str(value).strip().lower()
-    if text in PROTOCOLS:
-        return PROTOCOLS[text]
-    if text.isdigit() and 0 <= int(text) <= 255:
-        return int(text)
-    raise PolicyError(rule, "protocol", "%r is not tcp, udp, icmp, any or 0-255" % (value,))
+def port_label(low, high):
+    return low if low == high else "%d-%d" % (low, high)
 
 
-def _as_list(value):
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+# -- rules and policy ------------------------------------------------------------------
+
+def policy_id_for(name):
+    """Stable id from the name (crc32, 31 bits, never 0): hit counters survive converges."""
+    return zlib.crc32(name.encode("utf-8")) & 0x7fffffff or 1
 
 
-def _canonical_source(raw, direction, protocol):
-    """The rule as the user wrote it, in one spelling: what diff and gathered show."""
-    out = {"name": raw["name"], "direction": direction}
-    for key in ("src", "dst"):
-        if raw.get(key) is not None:
-            out[key] = [str(v) for v in _as_list(raw[key])]
-    out["protocol"] = PROTOCOL_NAMES.get(protocol, "any" if protocol is None else protocol)
-    for key in ("dst_ports", "src_ports"):
-        if raw.get(key) is not None:
-            out[key] = [int(p) if str(p).strip().isdigit() else str(p).replace(" ", "")
-                        for p in _as_list(raw[key])]
-    out["action"] = raw["action"]
+class Rule:
+    """One canonical rule (see the module docstring)."""
+
+    __slots__ = ("name", "index", "policy_id", "direction", "directions", "src_prefixes", "dst_prefixes", "protocol", "dst_ports", "src_ports",
+                 "action", "exact", "_canonical")
+
+    def __init__(self, name, index, direction, src, dst, protocol, dst_ports, src_ports,
+                 action, canonical=None):
+        self.name = name
+        self.index = index
+        self.policy_id = policy_id_for(name)
+        self.direction = direction
+        self.directions = DIRECTIONS[direction]
+        self.src_prefixes = None if src is None else tuple(src)
+        self.dst_prefixes = None if dst is None else tuple(dst)
+        self.protocol = protocol
+        self.dst_ports = dst_ports
+        self.src_ports = src_ports
+        self.action = action
+        self.exact = _is_exact(self)
+        self._canonical = canonical or {}
+
+    @property
+    def src(self):
+        """None (any) or the merged list of netaddr.IPNetwork."""
+        return None if self.src_prefixes is None else [_network(p) for p in self.src_prefixes]
+
+    @property
+    def dst(self):
+        return None if self.dst_prefixes is None else [_network(p) for p in self.dst_prefixes]
+
+    def remote(self, direction):
+        """The remote peer's prefixes: dst when the container sends, src when it receives."""
+        return self.dst_prefixes if direction == "egress" else self.src_prefixes
+
+    def local(self, direction):
+        return self.src_prefixes if direction == "egress" else self.dst_prefixes
+
+    def match_key(self, direction):
+        """What traffic the rule matches in one direction (for conflict detection)."""
+        return (direction, self.src_prefixes, self.dst_prefixes, self.protocol,
+                None if self.dst_ports is None else tuple(self.dst_ports),
+                None if self.src_ports is None else tuple(self.src_ports))
+
+    def to_dict(self):
+        """The user-facing canonical form (diff, gathered)."""
+        out = {"name": self.name, "direction": self.direction}
+        for field in ("src", "dst"):
+            if self._canonical.get(field) is not None:
+                out[field] = list(self._canonical[field])
+        out["protocol"] = protocol_label(self.protocol)
+        for field in ("dst_ports", "src_ports"):
+            ports = getattr(self, field)
+            if ports is not None:
+                out[field] = [port_label(low, high) for low, high in ports]
+        out["action"] = self.action
+        return out
+
+    def __repr__(self):
+        return "Rule(%r)" % (self.to_dict(),)
+
+
+def _is_exact(rule):
+    """All five fields single-valued: the seed's exact policy_map rule."""
+    def host(prefixes):
+        return prefixes is not None and len(prefixes) == 1 and prefixes[0][1] == 32
+
+    def port(ports):
+        return ports is not None and len(ports) == 1 and ports[0][0] == ports[0][1]
+    return (rule.protocol in PORT_PROTOCOLS and host(rule.src_prefixes) and
+            host(rule.dst_prefixes) and port(rule.src_ports) and port(rule.dst_ports))
+
+
+class Policy:
+    """Canonical rules (in the order given), merged segments, default action per direction."""
+
+    def __init__(self, rules, segments, default_action):
+        self.rules = rules
+        self.segments = segments
+        self.default_action = default_action
+        self.by_name = dict((rule.name, rule) for rule in rules)
+
+    def to_rules(self):
+        return [rule.to_dict() for rule in self.rules]
+
+    def segments_dict(self):
+        return dict((name, ["%s/%d" % (int_to_ip(n), p) for n, p in prefixes])
+                    for name, prefixes in sorted(self.segments.items()))
+
+
+def _default_action(default_action):
+    if default_action is None:
+        default_action = {}
+    if not isinstance(default_action, dict):
+        raise PolicyError(None, "default_action", "must be a mapping with egress and ingress")
+    unknown = sorted(set(default_action) - set(("egress", "ingress")), key=str)
+    if unknown:
+        raise PolicyError(None, "default_action.%s" % unknown[0],
+                          "unknown direction (known: egress, ingress)")
+    out = {}
+    for direction in ("egress", "ingress"):
+        value = default_action.get(direction)
+        value = "allow" if value is None else value
+        if value not in DEFAULT_ACTIONS:
+            raise PolicyError(None, "default_action.%s" % direction,
+                              "%r is not allow or deny" % (value,))
+        out[direction] = value
     return out
 
 
+def _rule(raw, index, segments):
+    label = "#%d" % (index + 1)
+    if not isinstance(raw, dict):
+        raise PolicyError(label, "rule", "must be a mapping, got %s" % type(raw).__name__)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise PolicyError(label, "name", "is required (a non-empty string)")
+    unknown = sorted(set(raw) - set(RULE_KEYS), key=str)
+    if unknown:
+        raise PolicyError(name, str(unknown[0]), "unknown field (known: %s)"
+                          % ", ".join(RULE_KEYS))
+    direction = raw.get("direction")
+    direction = DEFAULT_DIRECTION if direction is None else direction
+    if direction not in DIRECTIONS:
+        raise PolicyError(name, "direction", "%r is not egress, ingress or both" % (direction,))
+    action = raw.get("action")
+    if action not in ACTIONS:
+        raise PolicyError(name, "action", "%r is not allow, deny or log" % (action,))
+    protocol = _protocol(raw.get("protocol"), name)
+    src_items, src = _addresses(raw.get("src"), segments, name, "src")
+    dst_items, dst = _addresses(raw.get("dst"), segments, name, "dst")
+    dst_ports = _ports(raw.get("dst_ports"), protocol, name, "dst_ports")
+    src_ports = _ports(raw.get("src_ports"), protocol, name, "src_ports")
+    return Rule(name, index, direction, src, dst, protocol, dst_ports, src_ports, action,
+                canonical={"src": src_items, "dst": dst_items})
+
+
 def normalize(rules, segments, default_action):
-    """Validate everything and return a Policy, or raise PolicyError naming rule and field."""
+    """Validate everything; a Policy, or PolicyError naming the rule and the field."""
+    _require_netaddr()
+    if rules is None:
+        rules = []
+    if not isinstance(rules, (list, tuple)):
+        raise PolicyError(None, "rules", "must be a list of rules")
     segs = parse_segments(segments)
-    defaults = {}
-    for direction in ("egress", "ingress"):
-        value = (default_action or {}).get(direction, "allow")
-        if value not in ("allow", "deny"):
-            raise PolicyError(None, "default_action.%s" % direction,
-                              "%r is not allow or deny" % (value,))
-        defaults[direction] = value
-    seen_names = {}
-    seen_ids = {}
-    seen_match = {}
+    defaults = _default_action(default_action)
     out = []
-    for index, raw in enumerate(rules or []):
-        if not isinstance(raw, dict):
-            raise PolicyError("#%d" % (index + 1), "rule", "must be a dict")
-        name = raw.get("name")
-        if not name or not isinstance(name, str):
-            raise PolicyError("#%d" % (index + 1), "name", "is required")
-        unknown = sorted(set(raw) - set(RULE_KEYS))
-        if unknown:
-            raise PolicyError(name, unknown[0], "unknown field (known: %s)" % ", ".join(RULE_KEYS))
-        if name in seen_names:
-            raise PolicyError(name, "name", "duplicate rule name (rules #%d and #%d)"
-                              % (seen_names[name] + 1, index + 1))
-        seen_names[name] = index
-        direction = raw.get("direction") or "both"
-        if direction not in DIRECTIONS:
-            raise PolicyError(name, "direction", "%r is not egress, ingress or both" % direction)
-        action = raw.get("action")
-        if action not in ACTIONS:
-            raise PolicyError(name, "action", "%r is not allow, deny or log" % (action,))
-        protocol = _protocol(raw.get("protocol"), name)
-        rule = Rule(
-            name=name, policy_id=policy_id_for(name), directions=DIRECTIONS[direction],
-            src=_addresses(raw.get("src"), segs, name, "src"),
-            dst=_addresses(raw.get("dst"), segs, name, "dst"),
-            protocol=protocol,
-            dst_ports=_ports(raw.get("dst_ports"), protocol, name, "dst_ports"),
-            src_ports=_ports(raw.get("src_ports"), protocol, name, "src_ports"),
-            action=action,
-        )
-        rule.source = _canonical_source(raw, direction, protocol)
-        if rule.policy_id in seen_ids:
-            raise PolicyError(name, "name", "its policy id collides with rule %r; rename one"
-                              % seen_ids[rule.policy_id])
-        seen_ids[rule.policy_id] = name
-        for one_direction in rule.directions:
-            match = (one_direction, _freeze(rule.src), _freeze(rule.dst), rule.protocol,
-                     _freeze(rule.dst_ports), _freeze(rule.src_ports))
-            other = seen_match.get(match)
-            if other and other[1] != action:
-                raise PolicyError(name, "action", "rule %r matches the same traffic (%s) with "
-                                  "action %s" % (other[0], one_direction, other[1]))
-            seen_match[match] = (name, action)
+    names = {}
+    ids = {}
+    matches = {}
+    for index, raw in enumerate(rules):
+        rule = _rule(raw, index, segs)
+        if rule.name in names:
+            raise PolicyError(rule.name, "name", "duplicate rule name (rules #%d and #%d)"
+                              % (names[rule.name] + 1, index + 1))
+        names[rule.name] = index
+        if rule.policy_id in ids:
+            raise PolicyError(rule.name, "name", "its policy id %d collides with rule %r; "
+                              "rename one of them" % (rule.policy_id, ids[rule.policy_id]))
+        ids[rule.policy_id] = rule.name
+        for direction in rule.directions:
+            key = rule.match_key(direction)
+            other = matches.get(key)
+            if other is not None and other.action != rule.action:
+                raise PolicyError(rule.name, "action", "conflicts with rule %r: both match the "
+                                  "same %s traffic, one says %s, the other %s"
+                                  % (other.name, direction, other.action, rule.action))
+            matches.setdefault(key, rule)
         out.append(rule)
     return Policy(out, segs, defaults)
-
-
-def _freeze(value):
-    return None if value is None else tuple(value)

@@ -1,11 +1,11 @@
 # -*- coding: utf-8 -*-
-# Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: ebpf.microseg contributors
 """The reference verdict model: DESIGN.md section 3, read literally.
 
 Scan every rule, keep the candidates, pick the most specific, break ties deny > log >
-allow, else the default. No cleverness: this is the oracle the compiled kernel lookups are
-tested against.
+allow, else the default action of the direction. Nothing clever: this is the oracle the
+compiled kernel lookups are tested against, and the explanation users get.
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -15,71 +15,93 @@ import socket
 import struct
 
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
-    ACTION_RANK, PORT_PROTOCOLS, port_specificity)
+    ACTION_RANK, PORT_PROTOCOLS, PROTOCOLS, port_specificity)
 
 
 def ip_int(address):
+    """A dotted quad (or an int already) as a host-order int."""
+    if isinstance(address, int):
+        return address
     return struct.unpack("!I", socket.inet_aton(address))[0]
 
 
-def prefix_match(nets, address):
-    """Prefix length of the CIDR in nets holding address (0 for any), or None."""
-    if nets is None:
+def prefix_match(prefixes, address):
+    """Prefix length of the longest CIDR of prefixes holding address; 0 for any; None if none."""
+    if prefixes is None:
         return 0
     best = None
-    for network, plen in nets:
+    for network, plen in prefixes:
         mask = (0xffffffff << (32 - plen)) & 0xffffffff if plen else 0
-        if address & mask == network:
-            best = plen if best is None else max(best, plen)
+        if address & mask == network and (best is None or plen > best):
+            best = plen
     return best
 
 
-def specificity(rule, direction, src, dst, protocol, src_port, dst_port):
-    """The rule's rank for this packet (bigger wins), or None if it is not a candidate."""
+def rank(rule, direction, src, dst, protocol, src_port, dst_port):
+    """How specific rule is for this packet (bigger wins), or None if it does not match.
+
+    src and dst are ints; protocol an int; ports already 0 for portless protocols.
+    The tuple is compared left to right, exactly in the order of DESIGN.md section 3:
+    exact 5-tuple, remote prefix, local prefix, destination port, source port, protocol,
+    then the action for the tie (deny > log > allow).
+    """
     if direction not in rule.directions:
-        return None
-    src_len = prefix_match(rule.src, src)
-    dst_len = prefix_match(rule.dst, dst)
-    if src_len is None or dst_len is None:
         return None
     if rule.protocol is not None and rule.protocol != protocol:
         return None
-    if protocol in PORT_PROTOCOLS:
-        dspec = port_specificity(rule.dst_ports, dst_port)
-        sspec = port_specificity(rule.src_ports, src_port)
-    else:
-        # Packets without ports only meet rules without ports.
-        dspec = 0 if rule.dst_ports is None else None
-        sspec = 0 if rule.src_ports is None else None
-    if dspec is None or sspec is None:
+    src_len = prefix_match(rule.src_prefixes, src)
+    dst_len = prefix_match(rule.dst_prefixes, dst)
+    if src_len is None or dst_len is None:
         return None
-    remote_len, local_len = (dst_len, src_len) if direction == "egress" else (src_len, dst_len)
+    if protocol in PORT_PROTOCOLS:
+        dst_spec = port_specificity(rule.dst_ports, dst_port)
+        src_spec = port_specificity(rule.src_ports, src_port)
+    else:
+        # A packet without ports only meets rules without ports.
+        dst_spec = 0 if rule.dst_ports is None else None
+        src_spec = 0 if rule.src_ports is None else None
+    if dst_spec is None or src_spec is None:
+        return None
+    if direction == "egress":
+        remote_len, local_len = dst_len, src_len
+    else:
+        remote_len, local_len = src_len, dst_len
     return (
         1 if rule.exact else 0,
         remote_len,
         local_len,
-        dspec,
-        sspec,
+        dst_spec,
+        src_spec,
         0 if rule.protocol is None else 1,
         ACTION_RANK[rule.action],
     )
 
 
-def verdict(policy, direction, src, dst, protocol, src_port=0, dst_port=0):
-    """(action, policy_id) for the first packet of a flow; policy_id 0 is the default.
-
-    src and dst are the packet's addresses as dotted quads (src is the container for
-    egress, the remote peer for ingress).
-    """
-    src_i, dst_i = ip_int(src), ip_int(dst)
+def candidates(policy, direction, src_ip, dst_ip, protocol, src_port=0, dst_port=0):
+    """[(rank, rule)] of every matching rule, best first (ties keep the rules' order)."""
+    protocol = PROTOCOLS.get(protocol, protocol) if isinstance(protocol, str) else protocol
+    src, dst = ip_int(src_ip), ip_int(dst_ip)
     if protocol not in PORT_PROTOCOLS:
         src_port = dst_port = 0
-    best = None
-    best_rule = None
+    found = []
     for rule in policy.rules:
-        rank = specificity(rule, direction, src_i, dst_i, protocol, src_port, dst_port)
-        if rank is not None and (best is None or rank > best):
-            best, best_rule = rank, rule
-    if best_rule is None:
+        r = rank(rule, direction, src, dst, protocol, src_port, dst_port)
+        if r is not None:
+            found.append((r, rule))
+    found.sort(key=lambda item: item[0], reverse=True)   # stable: equal ranks keep order
+    return found
+
+
+def verdict(policy, direction, src_ip, dst_ip, protocol, src_port=0, dst_port=0):
+    """(action, policy_id) for the first packet of a flow; policy_id 0 means the default.
+
+    direction is "egress" (the container sends: src is the container) or "ingress" (the
+    container receives: src is the remote peer). Addresses are dotted quads; protocol is
+    the IANA number. When equally specific rules agree on the action the first one listed
+    is reported.
+    """
+    found = candidates(policy, direction, src_ip, dst_ip, protocol, src_port, dst_port)
+    if not found:
         return policy.default_action[direction], 0
-    return best_rule.action, best_rule.policy_id
+    best = found[0][1]
+    return best.action, best.policy_id

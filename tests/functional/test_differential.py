@@ -1,11 +1,17 @@
 # -*- coding: utf-8 -*-
-# Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The kernel's verdict equals the reference model's, packet by packet.
+# Copyright: ebpf.microseg contributors
+"""The real kernel's verdict equals the reference model's, packet by packet.
 
-Hypothesis draws colliding rule sets and boundary packets; each rule set is compiled into
-the real program's maps and every packet goes through BPF_PROG_TEST_RUN. Allow and log
-pass, deny drops. A fixed corpus of tricky cases is replayed every run.
+Hypothesis draws colliding rule sets (the strategies of the compiler's unit test) and
+packets aimed at their boundaries. Each rule set is compiled into the active policy set of
+the real program, a second random rule set into the inactive one (it must never be seen),
+and every packet runs through BPF_PROG_TEST_RUN as the first packet of its flow. Allow and
+log pass, deny drops; the session the packet created also records the action and the
+policy id, which must be the model's.
+
+A fixed corpus of tricky cases (tests/functional/differential_corpus.json) is replayed
+every run. Reproduce a random run with MICROSEG_DIFF_SEED=<the seed printed>.
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -13,27 +19,39 @@ __metaclass__ = type
 
 import json
 import os
+import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, seed, settings, strategies as st
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
-from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
-    PolicyError, normalize)
+from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import normalize
 from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import verdict
 from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
-from ansible_collections.ebpf.microseg.tests.unit.plugins.module_utils import (
-    policy_strategies as S)
+from ansible_collections.ebpf.microseg.tests.functional.datapath import TC_ACT_OK, Datapath
+from ansible_collections.ebpf.microseg.tests.unit.plugins.module_utils.test_compiler import (
+    build_policy, policy_and_packets, policy_docs)
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "differential_corpus.json")
-CASES = {"count": 0}
+SEED = int(os.environ.get("MICROSEG_DIFF_SEED") or random.SystemRandom().randrange(1 << 32))
+EXAMPLES = int(os.environ.get("MICROSEG_DIFF_EXAMPLES") or 500)
+PACKETS_PER_EXAMPLE = 16
+MIN_CASES = 2000
+CASES = {"random": 0}
+ICMP_IDENT = 1
 
 
 @pytest.fixture(scope="module")
-def kernel():
+def kernel(request):
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("differential seed %d (rerun with MICROSEG_DIFF_SEED=%d)"
+                                % (SEED, SEED))
     dp = Datapath(sizes={"policy_map_size": 4096, "range_map_size": 65536,
-                         "session_map_size": 4096})
+                         "session_map_size": 4096, "rule_stats_size": 4096})
     try:
         yield dp
     finally:
@@ -47,50 +65,75 @@ def frame(pkt):
     if proto == 17:
         return P.udp_frame(src, dst, pkt["src_port"], pkt["dst_port"])
     if proto == 1:
-        return P.icmp_frame(src, dst)
+        return P.icmp_frame(src, dst, ident=ICMP_IDENT)
     return P.ether(P.ETH_P_IP, P.ipv4(src, dst, proto, b"\0" * 8))
 
 
-def load(dp, policy):
-    dp.reset(default_action=policy.default_action)
-    compiled = _compiler.compile_policy(policy, dp.policy_set)
-    for name in ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
-                 "sport_range_map"):
-        pairs = getattr(compiled, name)
-        if pairs:
-            dp.maps.update_many(name, pairs)
+def load(dp, policy, policy_set, decoy=None):
+    """policy into policy_set (made active), decoy (if any) into the other set."""
+    dp.reset(default_action=policy.default_action, policy_epoch=policy_set)
+    assert dp.policy_set == policy_set
+    compiled = [_compiler.compile_policy(policy, policy_set)]
+    if decoy is not None:
+        compiled.append(_compiler.compile_policy(decoy, policy_set ^ 1))
+    for one in compiled:
+        for name, pairs in one.entries():
+            if pairs:
+                dp.maps.update_many(name, pairs)
 
 
-def kernel_passes(dp, pkt):
-    dp.maps.clear("session_map")   # every packet is the first of its flow
-    return dp.run(frame(pkt), pkt["direction"]) == 0
+def run_packet(dp, pkt):
+    """(passed, (action, policy_id) of the session the packet created)."""
+    dp.maps.clear("session_map")    # every packet is the first of its flow
+    passed = dp.run(frame(pkt), pkt["direction"]) == TC_ACT_OK
+    proto = pkt["protocol"]
+    if proto in (6, 17):
+        sport, dport = pkt["src_port"], pkt["dst_port"]
+    elif proto == 1:
+        sport = dport = ICMP_IDENT
+    else:
+        sport = dport = 0
+    if pkt["direction"] == "egress":
+        session = dp.session(pkt["src"], pkt["dst"], sport, dport, proto)
+    else:
+        session = dp.session(pkt["dst"], pkt["src"], dport, sport, proto)
+    decided = None if session is None else \
+        (_maps.ACTION_NAMES[session.action], session.policy_id)
+    return passed, decided
 
 
-def model_action(policy, pkt):
+def model(policy, pkt):
     return verdict(policy, pkt["direction"], pkt["src"], pkt["dst"], pkt["protocol"],
-                   pkt["src_port"], pkt["dst_port"])[0]
+                   pkt["src_port"], pkt["dst_port"])
 
 
-@settings(max_examples=160, deadline=None)
-@given(case=S.policy_and_packets(14))
-def test_kernel_agrees_with_model(kernel, case):
-    doc, packets = case
-    try:
-        policy = normalize(doc["rules"], doc["segments"], doc["default_action"])
-    except PolicyError:
-        return
-    load(kernel, policy)
-    for pkt in packets:
-        want = model_action(policy, pkt) != "deny"
-        got = kernel_passes(kernel, pkt)
-        CASES["count"] += 1
-        assert got == want, "kernel %s, model %s\npolicy: %s\npacket: %s" % (
-            "pass" if got else "drop", model_action(policy, pkt), json.dumps(doc), pkt)
+def _describe(doc, pkt, want, got):
+    return "seed %d\nkernel %s, model %s\npolicy: %s\npacket: %s" % (
+        SEED, got, want, json.dumps(doc, sort_keys=True), json.dumps(pkt, sort_keys=True))
+
+
+@seed(SEED)
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(case=policy_and_packets(PACKETS_PER_EXAMPLE, max_rules=12, min_rules=2),
+       decoy=policy_docs(1, 6), policy_set=st.integers(0, 1))
+def test_kernel_agrees_with_model(kernel, case, decoy, policy_set):
+    doc, pkts = case
+    policy = build_policy(doc)
+    load(kernel, policy, policy_set, build_policy(decoy))
+    for pkt in pkts:
+        want = model(policy, pkt)
+        passed, decided = run_packet(kernel, pkt)
+        CASES["random"] += 1
+        assert (passed, decided) == (want[0] != "deny", want), \
+            _describe(doc, pkt, want, (passed, decided))
 
 
 def test_enough_random_cases_ran():
     """The CI budget promises at least 2,000 random packet cases per run."""
-    assert CASES["count"] >= 2000, CASES["count"]
+    if CASES["random"] == 0:
+        pytest.skip("the random differential test was not selected")
+    assert CASES["random"] >= MIN_CASES or EXAMPLES * PACKETS_PER_EXAMPLE < MIN_CASES, \
+        CASES["random"]
 
 
 def _corpus():
@@ -100,9 +143,12 @@ def _corpus():
 
 @pytest.mark.parametrize("case", _corpus(), ids=lambda c: c["name"])
 def test_corpus(kernel, case):
-    policy = normalize(case["policy"]["rules"], case["policy"].get("segments", {}),
-                       case["policy"]["default_action"])
-    load(kernel, policy)
-    for pkt, expected in zip(case["packets"], case["expected"]):
-        assert model_action(policy, pkt) == expected, ("model", pkt)
-        assert kernel_passes(kernel, pkt) == (expected != "deny"), ("kernel", pkt)
+    doc = case["policy"]
+    policy = normalize(doc["rules"], doc.get("segments", {}), doc["default_action"])
+    for policy_set in (0, 1):
+        load(kernel, policy, policy_set)
+        for pkt, action, rule in zip(case["packets"], case["expected"],
+                                     case["expected_rule"]):
+            want = (action, policy.by_name[rule].policy_id if rule else 0)
+            assert model(policy, pkt) == want, ("model", pkt)
+            assert run_packet(kernel, pkt) == (action != "deny", want), ("kernel", pkt)

@@ -1,71 +1,551 @@
 # -*- coding: utf-8 -*-
-# Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The compiler against the model, through a Python rendition of the kernel's lookups."""
+# Copyright: ebpf.microseg contributors
+"""The compiler against the reference model, through a Python rendition of decide().
+
+simulate() walks the compiled entries exactly as decide() in files/bpf/microseg.bpf.c does
+(exact hash, then the four longest-prefix stages, a miss meaning the default). Hypothesis
+draws colliding rule sets and boundary packets; the strategies here are shared with the
+real-kernel test, tests/functional/test_differential.py.
+"""
 
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import random
+import struct
+
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
+from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
-    PolicyError, normalize)
+    PolicyError, normalize, parse_cidr, int_to_ip)
 from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import verdict
-from ansible_collections.ebpf.microseg.tests.unit.plugins.module_utils import (
-    policy_strategies as S)
-from ansible_collections.ebpf.microseg.tests.unit.plugins.module_utils.kernel_sim import simulate
+
+# -- strategies: small pools so that rules overlap, nest and tie -------------------------
+
+CIDRS = ["198.0.0.0/8", "198.16.0.0/12", "198.18.0.0/15", "198.18.0.0/16", "198.18.0.0/20",
+         "198.18.1.0/24", "198.18.1.0/25", "198.18.1.128/25", "198.18.1.192/26",
+         "198.18.1.10/32", "198.18.1.128/32", "198.18.1.200/32", "198.18.2.0/24",
+         "198.18.2.20/32", "198.18.2.21/32", "198.18.3.0/24", "198.18.128.0/17"]
+SEGMENTS = {"web": ["198.18.1.0/25", "198.18.1.200/32"],
+            "db": ["198.18.2.20/32", "198.18.2.21/32"],        # merges into a /31
+            "dmz": ["198.18.1.128/25", "198.18.3.0/24"],
+            "lab": ["198.18.0.0/16"],
+            "wide": ["198.0.0.0/8"]}
+HOSTS = ["198.18.1.10", "198.18.1.11", "198.18.1.127", "198.18.1.128", "198.18.1.200",
+         "198.18.1.255", "198.18.2.20", "198.18.2.21", "198.18.2.22", "198.18.3.7",
+         "198.18.200.1", "198.19.0.1", "198.20.0.1", "10.9.8.7"]
+SINGLE_PORTS = [0, 22, 53, 80, 443, 5432, 5433, 8080, 65535]
+PORT_RANGES = ["0-1023", "80-443", "443-443", "1024-65535", "5000-6000", "8000-8080",
+               "5432-5433", "0-65535"]
+PORT_ITEMS = SINGLE_PORTS + PORT_RANGES
+PROTOCOLS = ["tcp", "udp", "icmp", "any", 47, "tcp", "udp", "tcp"]
+PACKET_PROTOCOLS = [6, 17, 1, 47, 132]
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 
 
-def _normalized(doc):
-    try:
-        return normalize(doc["rules"], doc["segments"], doc["default_action"])
-    except PolicyError:
-        return None   # generated conflicts are valid rejections, not compiler cases
+@st.composite
+def address_items(draw):
+    if draw(st.integers(0, 2)) == 0:
+        return None
+    return draw(st.lists(st.sampled_from(CIDRS + sorted(SEGMENTS)), min_size=1, max_size=2,
+                         unique=True))
 
 
-@settings(max_examples=300, deadline=None)
-@given(S.policy_and_packets(12), st.integers(0, 1))
+@st.composite
+def port_items(draw, max_size=3):
+    return draw(st.lists(st.sampled_from(PORT_ITEMS), min_size=1, max_size=max_size,
+                         unique=True))
+
+
+@st.composite
+def rules(draw, index, earlier):
+    """A fresh rule, or (a quarter of the time) a variant of an earlier one: equally
+    specific for many packets with another action, so the tie-break decides."""
+    if earlier and draw(st.integers(0, 3)) == 0:
+        out = dict(draw(st.sampled_from(earlier)))
+        out["name"] = "r%d" % index
+        out["action"] = draw(st.sampled_from(["allow", "deny", "log"]))
+        field = draw(st.sampled_from(["src", "dst", "dst_ports", "direction"]))
+        if field == "direction":
+            out["direction"] = draw(st.sampled_from(["egress", "ingress", "both"]))
+        elif field == "dst_ports" and out.get("dst_ports"):
+            out["dst_ports"] = list(out["dst_ports"]) + [draw(st.sampled_from(PORT_ITEMS))]
+        elif out.get(field):
+            out[field] = list(out[field]) + [draw(st.sampled_from(CIDRS))]
+        return out
+    proto = draw(st.sampled_from(PROTOCOLS))
+    out = {"name": "r%d" % index,
+           "direction": draw(st.sampled_from(["egress", "ingress", "both"])),
+           "protocol": proto,
+           "action": draw(st.sampled_from(["allow", "deny", "log"]))}
+    if proto in ("tcp", "udp") and draw(st.integers(0, 4)) == 0:
+        out["src"] = [draw(st.sampled_from(HOSTS)) + "/32"]
+        out["dst"] = [draw(st.sampled_from(HOSTS))]
+        out["src_ports"] = [draw(st.sampled_from(SINGLE_PORTS + [40000]))]
+        out["dst_ports"] = [draw(st.sampled_from(SINGLE_PORTS))]
+        return out
+    for field in ("src", "dst"):
+        items = draw(address_items())
+        if items is not None:
+            out[field] = items
+    if proto in ("tcp", "udp"):
+        if draw(st.booleans()):
+            out["dst_ports"] = draw(port_items())
+        if draw(st.integers(0, 2)) == 0:
+            out["src_ports"] = draw(port_items(2))
+    return out
+
+
+@st.composite
+def policy_docs(draw, min_rules=1, max_rules=12):
+    count = draw(st.one_of(st.integers(min_rules, min(3, max_rules)),
+                           st.integers(min_rules, max_rules)))
+    out = []
+    for index in range(count):
+        out.append(draw(rules(index, out)))
+    defaults = {"egress": draw(st.sampled_from(["allow", "deny"])),
+                "ingress": draw(st.sampled_from(["allow", "deny"]))}
+    return {"rules": out, "segments": SEGMENTS, "default_action": defaults}
+
+
+def build_policy(doc):
+    """normalize(), dropping rules that conflict with an earlier one (a valid refusal)."""
+    rules_ = list(doc["rules"])
+    while True:
+        try:
+            return normalize(rules_, doc["segments"], doc["default_action"])
+        except PolicyError as exc:
+            if exc.field != "action" or "conflicts" not in str(exc):
+                raise
+            rules_ = [r for r in rules_ if r["name"] != exc.rule]
+
+
+def _edges(cidr):
+    network, plen = parse_cidr(cidr)
+    size = 1 << (32 - plen)
+    inside = [network, network + size - 1, network + size // 2]
+    outside = [network - 1, network + size]
+    return [int_to_ip(a & 0xffffffff) for a in inside * 2 + outside]
+
+
+def _address_near(draw, items):
+    if items is None or draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(HOSTS))
+    item = draw(st.sampled_from(items))
+    cidr = draw(st.sampled_from(SEGMENTS.get(item, [item])))
+    if "/" not in cidr:
+        cidr += "/32"
+    return draw(st.sampled_from(_edges(cidr)))
+
+
+def _port_near(draw, items):
+    if not items or draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(SINGLE_PORTS + [1, 1023, 1024, 40000, 6001]))
+    low, _sep, high = str(draw(st.sampled_from(items))).partition("-")
+    low, high = int(low), int(high or low)
+    inside = [low, high, (low + high) // 2]
+    return draw(st.sampled_from(inside * 2 + [max(low - 1, 0), min(high + 1, 65535)]))
+
+
+@st.composite
+def packets(draw, doc=None):
+    """A packet dict, mostly aimed at one rule of doc: its edges and just outside them."""
+    if not doc or not doc["rules"] or draw(st.integers(0, 3)) == 0:
+        direction = draw(st.sampled_from(["egress", "ingress"]))
+        return {"direction": direction, "src": draw(st.sampled_from(HOSTS)),
+                "dst": draw(st.sampled_from(HOSTS)),
+                "protocol": draw(st.sampled_from(PACKET_PROTOCOLS)),
+                "src_port": draw(st.sampled_from(SINGLE_PORTS + [40000])),
+                "dst_port": draw(st.sampled_from(SINGLE_PORTS + [444, 5999, 6000, 6001]))}
+    rule = draw(st.sampled_from(doc["rules"]))
+    direction = rule.get("direction", "both")
+    if direction == "both":
+        direction = draw(st.sampled_from(["egress", "ingress"]))
+    proto = PROTO_NUMBERS.get(rule.get("protocol"), rule.get("protocol"))
+    if proto in (None, "any") or draw(st.integers(0, 7)) == 0:
+        proto = draw(st.sampled_from(PACKET_PROTOCOLS))
+    return {"direction": direction,
+            "src": _address_near(draw, rule.get("src")),
+            "dst": _address_near(draw, rule.get("dst")),
+            "protocol": proto,
+            "src_port": _port_near(draw, rule.get("src_ports")),
+            "dst_port": _port_near(draw, rule.get("dst_ports"))}
+
+
+@st.composite
+def policy_and_packets(draw, count=12, max_rules=12, min_rules=1):
+    doc = draw(policy_docs(min_rules, max_rules))
+    return doc, [draw(packets(doc)) for _index in range(count)]
+
+
+# -- decide() in Python ---------------------------------------------------------------------
+
+class Kernel:
+    """decide() over compiled entries: the maps indexed by class id, looked up as the
+    kernel's LPM tries do (longest prefix over the big-endian bits after prefixlen; a
+    later write of the same prefix replaces an earlier one)."""
+
+    def __init__(self, compiled):
+        self.exact = {}
+        for key, value in compiled.policy_map:
+            self.exact[key.pack()] = value
+        self.tries = {}
+        for name in _compiler.MAP_NAMES[1:]:
+            by_class = self.tries[name] = {}
+            for key, value in getattr(compiled, name):
+                data = key.pack()[4:]
+                by_class.setdefault(key.class_id, []).append(
+                    (key.prefixlen, int.from_bytes(data, "big"), len(data) * 8, value))
+
+    def lpm(self, name, key):
+        data = key.pack()[4:]
+        want = int.from_bytes(data, "big")
+        best, best_len = None, -1
+        for plen, have, width, value in self.tries[name].get(key.class_id, ()):
+            shift = width - plen
+            if have >> shift == want >> shift and plen >= best_len:
+                best, best_len = value, plen
+        return best
+
+    def decide(self, policy_set, default_action, packet):
+        """(action, policy_id) for the first packet of a flow."""
+        direction = 0 if packet["direction"] == "egress" else 1
+        proto = packet["protocol"]
+        sport, dport = packet["src_port"], packet["dst_port"]
+        if proto not in (6, 17):
+            sport = dport = 0       # the kernel parses ports of TCP and UDP only
+        src, dst = _maps.ip_to_u32(packet["src"]), _maps.ip_to_u32(packet["dst"])
+        found = self.exact.get(_maps.PolicyKey(
+            src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, protocol=proto,
+            direction=direction, policy_set=policy_set).pack())
+        if found is not None:
+            return _maps.ACTION_NAMES[found.action], found.policy_id
+        default = (default_action[packet["direction"]], 0)
+        remote, local = (dst, src) if direction == 0 else (src, dst)
+        rv = self.lpm("ip_range_map", _maps.LpmKey(
+            prefixlen=64, class_id=(policy_set << 1) | direction, ip=remote))
+        if rv is None:
+            return default
+        if not rv.flags & _maps.RANGE_FLAG_FINAL:
+            rv = self.lpm("local_range_map",
+                          _maps.LpmKey(prefixlen=64, class_id=rv.next_class, ip=local))
+            if rv is None:
+                return default
+        if not rv.flags & _maps.RANGE_FLAG_FINAL:
+            key = _maps.PortLpmKey(prefixlen=56, class_id=rv.next_class, protocol=proto)
+            key.port[0], key.port[1] = _maps.port_to_bytes(dport)
+            rv = self.lpm("port_range_map", key)
+            if rv is None:
+                return default
+        if not rv.flags & _maps.RANGE_FLAG_FINAL:
+            key = _maps.SportLpmKey(prefixlen=48, class_id=rv.next_class)
+            key.port[0], key.port[1] = _maps.port_to_bytes(sport)
+            rv = self.lpm("sport_range_map", key)
+            if rv is None or not rv.flags & _maps.RANGE_FLAG_FINAL:
+                return default   # a chain longer than four steps: decide() takes the default
+        return _maps.ACTION_NAMES[rv.action], rv.policy_id
+
+
+def simulate(compiled, policy_set, default_action, packet):
+    """(action, policy_id) as decide() takes it for the first packet of a flow.
+
+    compiled is a CompiledPolicy or any object with the five map lists (both sets may
+    be in them, as in the real maps).
+    """
+    return Kernel(compiled).decide(policy_set, default_action, packet)
+
+
+def model(policy, packet):
+    return verdict(policy, packet["direction"], packet["src"], packet["dst"],
+                   packet["protocol"], packet["src_port"], packet["dst_port"])
+
+
+class _Union:
+    """Both policy sets in the same maps, as a converge leaves them for a moment."""
+
+    def __init__(self, *compiled):
+        for name in _compiler.MAP_NAMES:
+            setattr(self, name, [pair for c in compiled for pair in getattr(c, name)])
+
+
+# -- properties -----------------------------------------------------------------------------
+
+@settings(max_examples=400, deadline=None)
+@given(policy_and_packets(16), st.integers(0, 1))
 def test_compiled_lookups_equal_the_model(case, policy_set):
-    doc, packets = case
-    policy = _normalized(doc)
-    if policy is None:
-        return
+    doc, pkts = case
+    policy = build_policy(doc)
     compiled = _compiler.compile_policy(policy, policy_set)
-    for pkt in packets:
-        want = verdict(policy, pkt["direction"], pkt["src"], pkt["dst"], pkt["protocol"],
-                       pkt["src_port"], pkt["dst_port"])[0]
-        got = simulate(compiled, policy_set, policy.default_action, pkt["direction"],
-                       pkt["src"], pkt["dst"], pkt["protocol"], pkt["src_port"],
-                       pkt["dst_port"])
-        assert got == want, (doc, pkt)
+    kernel = Kernel(compiled)
+    for pkt in pkts:
+        assert kernel.decide(policy_set, policy.default_action, pkt) == \
+            model(policy, pkt), (doc, pkt)
 
 
-def test_blocks_cover_ranges_exactly():
-    for low, high in [(0, 65535), (80, 443), (5432, 5432), (1, 65534), (8000, 8080)]:
-        covered = []
-        for start, bits in _compiler._blocks(low, high):
-            size = 1 << (16 - bits)
-            assert start % size == 0
-            covered.extend(range(start, start + size))
-        assert covered == list(range(low, high + 1))
+@settings(max_examples=100, deadline=None)
+@given(policy_and_packets(8), policy_and_packets(8), st.integers(0, 1))
+def test_both_sets_coexist_without_interference(case_a, case_b, active):
+    policy_a, policy_b = build_policy(case_a[0]), build_policy(case_b[0])
+    both = Kernel(_Union(_compiler.compile_policy(policy_a, active),
+                         _compiler.compile_policy(policy_b, active ^ 1)))
+    for pkt in case_a[1]:
+        assert both.decide(active, policy_a.default_action, pkt) == model(policy_a, pkt)
+    for pkt in case_b[1]:
+        assert both.decide(active ^ 1, policy_b.default_action, pkt) == model(policy_b, pkt)
 
 
-def test_entry_count_stays_bounded_for_many_host_rules():
-    rules = [{"name": "h%d" % i, "direction": "egress", "dst": "198.19.%d.%d/32" % (i >> 8, i & 255),
-              "protocol": "tcp", "dst_ports": [443], "action": "allow"} for i in range(2000)]
-    compiled = _compiler.compile_policy(normalize(rules, {}, None), 0)
+def _lpm_identity(key):
+    """(map-level identity of an LPM key): its prefix length and its first prefixlen bits."""
+    data = key.pack()[4:]
+    value = int.from_bytes(data, "big")
+    return key.prefixlen, value >> (len(data) * 8 - key.prefixlen)
+
+
+def _structure_problems(compiled, policy_set):
+    problems = []
+    for name in _compiler.MAP_NAMES:
+        pairs = getattr(compiled, name)
+        if name == "policy_map":
+            keys = [k.pack() for k, _v in pairs]
+            if len(set(keys)) != len(keys):
+                problems.append("duplicate exact keys")
+            if any(k.policy_set != policy_set for k, _v in pairs):
+                problems.append("exact key in the wrong set")
+            continue
+        seen = set()
+        for key, value in pairs:
+            data = key.pack()[4:]
+            width = len(data) * 8
+            if not 32 <= key.prefixlen <= width:
+                problems.append("%s: prefixlen %d" % (name, key.prefixlen))
+            if int.from_bytes(data, "big") & ((1 << (width - key.prefixlen)) - 1):
+                problems.append("%s: bits set past the prefix" % name)
+            if _lpm_identity(key) in seen:
+                problems.append("%s: duplicate key" % name)
+            seen.add(_lpm_identity(key))
+            if name != "ip_range_map" and (key.class_id >> 31 != policy_set or
+                                           key.class_id & 0x7fffffff < 4):
+                problems.append("%s: class %#x outside set %d" % (name, key.class_id,
+                                                                  policy_set))
+            if value.flags & _maps.RANGE_FLAG_FINAL:
+                if value.policy_id not in compiled.rule_ids.values():
+                    problems.append("%s: unknown policy id" % name)
+            elif name == "sport_range_map":
+                problems.append("sport stage must end the walk")
+    stages = list(_compiler.MAP_NAMES[1:])
+    for here, there in zip(stages, stages[1:]):
+        wanted = set(v.next_class for _k, v in getattr(compiled, here)
+                     if not v.flags & _maps.RANGE_FLAG_FINAL)
+        present = set(k.class_id for k, _v in getattr(compiled, there))
+        if wanted - present:
+            problems.append("%s names classes with no %s entry" % (here, there))
+    return problems
+
+
+@settings(max_examples=200, deadline=None)
+@given(policy_docs(1, 12), st.integers(0, 1))
+def test_entries_are_well_formed_and_deterministic(doc, policy_set):
+    policy = build_policy(doc)
+    compiled = _compiler.compile_policy(policy, policy_set)
+    assert _structure_problems(compiled, policy_set) == []
+    again = _compiler.compile_policy(build_policy(doc), policy_set)
+    for name in _compiler.MAP_NAMES:
+        assert [(k.pack(), v.pack()) for k, v in getattr(compiled, name)] == \
+            [(k.pack(), v.pack()) for k, v in getattr(again, name)]
+    assert compiled.counts() == dict((n, len(getattr(compiled, n))) for n in _compiler.MAP_NAMES)
+
+
+def test_a_large_random_policy_agrees_with_the_model():
+    """Hundreds of interacting rules at once, which small examples rarely line up."""
+    rng = random.Random(20261125)
+    rules_ = []
+    for index in range(150):
+        proto = rng.choice(PROTOCOLS)
+        rule = {"name": "big%d" % index, "direction": rng.choice(["egress", "ingress", "both"]),
+                "protocol": proto, "action": rng.choice(["allow", "deny", "log"])}
+        for field in ("src", "dst"):
+            if rng.random() < 0.7:
+                rule[field] = rng.sample(CIDRS + sorted(SEGMENTS), rng.randint(1, 3))
+        if proto in ("tcp", "udp"):
+            if rng.random() < 0.6:
+                rule["dst_ports"] = rng.sample(PORT_ITEMS, rng.randint(1, 3))
+            if rng.random() < 0.3:
+                rule["src_ports"] = rng.sample(PORT_ITEMS, rng.randint(1, 2))
+        rules_.append(rule)
+    doc = {"rules": rules_, "segments": SEGMENTS,
+           "default_action": {"egress": "deny", "ingress": "allow"}}
+    policy = build_policy(doc)
+    assert len(policy.rules) > 100
+    compiled = _compiler.compile_policy(policy, 1)
+    assert _structure_problems(compiled, 1) == []
+    kernel = Kernel(compiled)
+    for _index in range(3000):
+        rule = rng.choice(doc["rules"])
+        pkt = {"direction": rng.choice(["egress", "ingress"]),
+               "src": rng.choice(_edges(rng.choice(CIDRS)) + HOSTS),
+               "dst": rng.choice(_edges(rng.choice(CIDRS)) + HOSTS),
+               "protocol": rng.choice(PACKET_PROTOCOLS),
+               "src_port": rng.choice(SINGLE_PORTS + [1, 1023, 1024, 40000]),
+               "dst_port": rng.choice(SINGLE_PORTS + [444, 5999, 6001, 8081])}
+        if rule.get("dst_ports") and rng.random() < 0.5:
+            low, _sep, high = str(rng.choice(rule["dst_ports"])).partition("-")
+            pkt["dst_port"] = rng.choice([int(low), int(high or low)])
+        assert kernel.decide(1, policy.default_action, pkt) == model(policy, pkt), pkt
+
+
+# -- examples --------------------------------------------------------------------------------
+
+def _compile(rules_, default=None, policy_set=0, segments=None):
+    policy = normalize(rules_, segments or {}, default or {"egress": "deny", "ingress": "deny"})
+    return policy, _compiler.compile_policy(policy, policy_set)
+
+
+def _pkt(direction="egress", src="198.18.1.10", dst="198.18.2.20", proto=6, sport=40000,
+         dport=5432):
+    return {"direction": direction, "src": src, "dst": dst, "protocol": proto,
+            "src_port": sport, "dst_port": dport}
+
+
+def _check(policy, compiled, policy_set, pkt, action, rule_name=None):
+    want = (action, policy.by_name[rule_name].policy_id if rule_name else 0)
+    assert model(policy, pkt) == want
+    assert simulate(compiled, policy_set, policy.default_action, pkt) == want
+
+
+@pytest.mark.parametrize("low,high", [(0, 65535), (80, 443), (5432, 5432), (1, 65534),
+                                      (8000, 8080), (0, 0), (65535, 65535), (1024, 65535)])
+def test_blocks_cover_a_range_exactly_with_aligned_blocks(low, high):
+    covered = []
+    for start, bits in _compiler._blocks(low, high):
+        size = 1 << (16 - bits)
+        assert start % size == 0 and 0 <= bits <= 16
+        covered.extend(range(start, start + size))
+    assert covered == list(range(low, high + 1))
+    assert len(_compiler._blocks(low, high)) <= 2 * 16
+
+
+def test_exact_rules_go_to_the_hash_map_only_one_key_per_direction():
+    policy, compiled = _compile([
+        {"name": "pin", "direction": "both", "src": "198.18.1.5/32", "dst": "198.18.2.10",
+         "src_ports": [40000], "dst_ports": ["5432-5432"], "protocol": "tcp",
+         "action": "deny"}], policy_set=1)
+    assert compiled.counts() == {"policy_map": 2, "ip_range_map": 0, "local_range_map": 0,
+                                 "port_range_map": 0, "sport_range_map": 0}
+    keys = sorted((k.direction, k.policy_set, k.protocol, k.src_port, k.dst_port,
+                   _maps.u32_to_ip(k.src_ip), _maps.u32_to_ip(k.dst_ip))
+                  for k, _v in compiled.policy_map)
+    assert keys == [(0, 1, 6, 40000, 5432, "198.18.1.5", "198.18.2.10"),
+                    (1, 1, 6, 40000, 5432, "198.18.1.5", "198.18.2.10")]
+    assert all(v.policy_id == policy.by_name["pin"].policy_id and v.action == 1
+               for _k, v in compiled.policy_map)
+    assert compiled.rule_ids == {"pin": policy.by_name["pin"].policy_id}
+
+
+def test_the_same_exact_tuple_twice_keeps_the_first_rule():
+    policy, compiled = _compile([
+        {"name": "first", "direction": "both", "src": "198.18.1.10/32",
+         "dst": "198.18.2.20/32", "protocol": "tcp", "src_ports": [40000],
+         "dst_ports": [5432], "action": "allow"},
+        {"name": "second", "direction": "egress", "src": "198.18.1.10/32",
+         "dst": "198.18.2.20/32", "protocol": "tcp", "src_ports": [40000],
+         "dst_ports": [5432], "action": "allow"}])
+    assert len(compiled.policy_map) == 2
+    _check(policy, compiled, 0, _pkt(), "allow", "first")
+
+
+def test_exact_rule_beats_a_host_cidr_rule_only_on_its_own_tuple():
+    policy, compiled = _compile([
+        {"name": "exact", "direction": "egress", "src": "198.18.1.10", "dst": "198.18.2.20",
+         "protocol": "tcp", "src_ports": [40000], "dst_ports": [5432], "action": "allow"},
+        {"name": "hosts", "direction": "egress", "src": "198.18.1.10", "dst": "198.18.2.20",
+         "protocol": "tcp", "src_ports": ["40000-40001"], "dst_ports": [5432],
+         "action": "deny"}])
+    _check(policy, compiled, 0, _pkt(), "allow", "exact")
+    _check(policy, compiled, 0, _pkt(sport=40001), "deny", "hosts")
+    _check(policy, compiled, 0, _pkt(proto=17), "deny")
+
+
+def test_a_protocol_subtree_not_covering_a_port_falls_back_to_any_protocol():
+    policy, compiled = _compile([
+        {"name": "pg", "dst": "198.18.2.0/24", "protocol": "tcp", "dst_ports": [5432],
+         "action": "allow"},
+        {"name": "rest", "dst": "198.18.2.0/24", "action": "log"}],
+        default={"egress": "allow", "ingress": "allow"})
+    _check(policy, compiled, 0, _pkt(), "allow", "pg")
+    for port in (0, 5431, 5433, 65535):
+        _check(policy, compiled, 0, _pkt(dport=port), "log", "rest")
+    _check(policy, compiled, 0, _pkt(proto=17), "log", "rest")
+    _check(policy, compiled, 0, _pkt(proto=1, dport=0), "log", "rest")
+    # Only the any-protocol entry and the one block differing from it are written.
+    assert len(compiled.port_range_map) == 2 * 2   # one class per direction
+
+
+def test_a_rule_that_wins_whatever_follows_ends_the_walk_at_stage_one():
+    policy, compiled = _compile([
+        {"name": "quarantine", "direction": "egress", "dst": "198.18.2.20/32",
+         "action": "deny"},
+        {"name": "web-db", "direction": "egress", "src": "198.18.1.0/24",
+         "dst": "198.18.2.0/24", "protocol": "tcp", "dst_ports": [5432], "action": "allow"}])
+    finals = [k for k, v in compiled.ip_range_map if v.flags & _maps.RANGE_FLAG_FINAL]
+    assert [(k.prefixlen, _maps.u32_to_ip(k.ip)) for k in finals] == [(64, "198.18.2.20")]
+    _check(policy, compiled, 0, _pkt(), "deny", "quarantine")
+    _check(policy, compiled, 0, _pkt(dst="198.18.2.21"), "allow", "web-db")
+    _check(policy, compiled, 0, _pkt(dst="198.18.2.21", dport=80), "deny")
+
+
+def test_host_rules_cost_a_bounded_number_of_entries():
+    rules_ = [{"name": "h%d" % i, "direction": "egress",
+               "dst": "198.19.%d.%d/32" % (i >> 8, i & 255), "protocol": "tcp",
+               "dst_ports": [443], "action": "allow"} for i in range(2000)]
+    _policy, compiled = _compile(rules_)
     counts = compiled.counts()
     assert counts["ip_range_map"] == 2000
-    assert counts["local_range_map"] <= 2000
-    # One class per distinct candidate set: every host rule needs its own, nothing more.
-    assert counts["port_range_map"] <= 2000 * 2
+    assert counts["local_range_map"] == 2000
+    assert counts["port_range_map"] == 2000
+    assert counts["sport_range_map"] == 0
 
 
-def test_exact_rules_go_to_the_hash_map_only():
-    rules = [{"name": "pin", "direction": "both", "src": "198.18.1.5/32", "dst": "198.18.2.10/32",
-              "src_ports": [40000], "dst_ports": [5432], "protocol": "tcp", "action": "deny"}]
-    compiled = _compiler.compile_policy(normalize(rules, {}, None), 1)
-    assert len(compiled.policy_map) == 2
-    assert all(k.policy_set == 1 for k, _v in compiled.policy_map)
-    assert sum(compiled.counts().values()) == 2
+def test_classes_are_shared_between_identical_situations():
+    """Two remote prefixes with the same candidates lead to one local class."""
+    _policy, compiled = _compile([
+        {"name": "web", "direction": "egress", "src": "198.18.1.0/24",
+         "dst": ["198.18.2.0/24", "198.18.4.0/24"], "action": "allow"}])
+    assert len(compiled.ip_range_map) == 2
+    assert len(set(v.next_class for _k, v in compiled.ip_range_map)) == 1
+    assert len(compiled.local_range_map) == 1
+
+
+def test_class_ids_carry_the_policy_set():
+    for policy_set in (0, 1):
+        _policy, compiled = _compile([
+            {"name": "a", "src": "198.18.1.0/24", "protocol": "tcp", "dst_ports": [80],
+             "src_ports": ["1024-65535"], "action": "allow"},
+            {"name": "b", "protocol": "tcp", "src_ports": [22], "action": "deny"}],
+            policy_set=policy_set)
+        assert set(k.class_id for k, _v in compiled.ip_range_map) == \
+            set([policy_set << 1, (policy_set << 1) | 1])
+        for name in ("local_range_map", "port_range_map", "sport_range_map"):
+            pairs = getattr(compiled, name)
+            assert pairs, name
+            assert all(k.class_id >> 31 == policy_set and k.class_id & 0x7fffffff >= 4
+                       for k, _v in pairs)
+
+
+def test_policy_set_must_be_0_or_1():
+    policy = normalize([], {}, None)
+    with pytest.raises(ValueError):
+        _compiler.compile_policy(policy, 2)
+    assert sum(_compiler.compile_policy(policy, 0).counts().values()) == 0
+
+
+def test_addresses_are_written_in_network_byte_order():
+    _policy, compiled = _compile([{"name": "a", "direction": "egress",
+                                   "dst": "198.18.2.0/24", "action": "deny"}])
+    (key, _value), = compiled.ip_range_map
+    assert key.pack()[8:12] == bytes([198, 18, 2, 0])
+    assert key.prefixlen == 32 + 24 and key.class_id == 0
+    assert struct.unpack("!I", key.pack()[8:12])[0] == parse_cidr("198.18.2.0/24")[0]
