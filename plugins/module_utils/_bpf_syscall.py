@@ -738,7 +738,28 @@ def map_lookup_batch(fd, key_size, value_size, chunk=4096):
     batch lookup (e.g. LPM tries) are read with GET_NEXT_KEY + LOOKUP_ELEM instead.
     """
     _check_shape(fd, key_size, value_size)
+    return _pairs_of_chunks(_lookup_batches(fd, key_size, value_size, max(1, int(chunk))),
+                            key_size, value_size)
+
+
+def map_lookup_batch_raw(fd, key_size, value_size, chunk=8192):
+    """Like map_lookup_batch, but yield (keys, values, count) per batch: two contiguous
+    byte strings of count records each.  Callers that scan millions of entries parse
+    these with struct.iter_unpack instead of building a pair per entry."""
+    _check_shape(fd, key_size, value_size)
     return _lookup_batches(fd, key_size, value_size, max(1, int(chunk)))
+
+
+def _pairs_of_chunks(chunks, key_size, value_size):
+    for key_raw, value_raw, got in chunks:
+        for index in range(got):
+            yield (key_raw[index * key_size:(index + 1) * key_size],
+                   value_raw[index * value_size:(index + 1) * value_size])
+
+
+def _one_by_one_chunks(fd, key_size, value_size):
+    for key, value in _iterate_one_by_one(fd, key_size, value_size):
+        yield key, value, 1
 
 
 def _lookup_batches(fd, key_size, value_size, count):
@@ -771,17 +792,13 @@ def _lookup_batches(fd, key_size, value_size, count):
                 if attr.count == 0:
                     continue
             elif not started and exc.errno in _BATCH_UNSUPPORTED:
-                yield from _iterate_one_by_one(fd, key_size, value_size)
+                yield from _one_by_one_chunks(fd, key_size, value_size)
                 return
             else:
                 raise
         got = attr.count
         if got:
-            key_raw = keys.raw
-            value_raw = values.raw
-            for index in range(got):
-                yield (key_raw[index * key_size:(index + 1) * key_size],
-                       value_raw[index * value_size:(index + 1) * value_size])
+            yield keys.raw[:got * key_size], values.raw[:got * value_size], got
         if last:
             return
         ctypes.memmove(in_token, out_token, token_size)

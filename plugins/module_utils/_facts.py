@@ -6,12 +6,17 @@
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import datetime
 import os
 import platform
+import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
+from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 
 HOOKS = ("ingress", "egress")
 
@@ -32,37 +37,54 @@ def attachment(ipr):
 
 
 def session_summary(pinned, session_filter=None, limit=0):
-    """Counts by protocol and TCP state; with a filter or limit, a bounded session list.
+    """Counts by protocol, TCP state and action; with a limit, a bounded filtered list.
 
-    One pass over the map in batches: a million sessions is a few hundred syscalls.
+    One pass over the raw batches for the counts (a million sessions in about a second);
+    only the list needs a second pass, with per-entry decoding.
     """
-    by_protocol = {}
-    by_state = {}
-    by_action = {}
-    listed = []
-    matched = 0
-    want_list = limit > 0
-    flt = session_filter or {}
-    for key, value in pinned.items("session_map"):
-        proto = _maps.PROTOCOL_NAMES.get(key.protocol, str(key.protocol))
-        by_protocol[proto] = by_protocol.get(proto, 0) + 1
-        if key.protocol == 6:
-            state = _maps.TCP_STATES[value.state] if value.state < len(_maps.TCP_STATES) \
-                else str(value.state)
-            by_state[state] = by_state.get(state, 0) + 1
-        action = _maps.ACTION_NAMES.get(value.action, str(value.action))
-        by_action[action] = by_action.get(action, 0) + 1
-        if want_list and _session_matches(key, value, flt):
-            matched += 1
-            if len(listed) < limit:
-                listed.append(_session_view(key, value))
-    out = {"by_protocol": by_protocol, "tcp_states": by_state, "by_action": by_action,
-           "total": sum(by_protocol.values())}
-    if want_list:
-        out["list"] = listed
+    out = _sessions.summarize(pinned)
+    if limit > 0:
+        flt = session_filter or {}
+        found, matched = _sessions.matching(
+            pinned, lambda key, value: _session_matches(key, value, flt), limit)
+        out["list"] = [_session_view(key, value) for key, value in found]
         out["matched"] = matched
-        out["truncated"] = matched > len(listed)
+        out["truncated"] = matched > len(found)
     return out
+
+
+def top_rules(pinned, pin_path, config, count):
+    """The `count` rules with the most hits: name, policy id, hits, last hit time.
+
+    The kernel knows rules by policy id only; names come from the policy source the
+    converge stored beside the maps (the active set first, then the other one, so rules
+    removed by the last change still get a name while their counters live)."""
+    if count <= 0:
+        return []
+    names = {}
+    active = config.policy_epoch & 1 if config else 0
+    for policy_set in (1 - active, active):
+        document = _converge.read_source(pin_path, policy_set) or {}
+        for rule in document.get("rules", []):
+            names[_policy_model.policy_id_for(rule["name"])] = rule["name"]
+    rows = [(value.hits, key.value, value.last_hit) for key, value in pinned.items("rule_stats_map")]
+    rows.sort(reverse=True)
+    clock = monotonic_to_wall()
+    return [{"name": names.get(policy_id, "default" if policy_id == 0 else None),
+             "policy_id": policy_id, "hits": hits,
+             "last_hit": _iso(clock(last_hit)) if last_hit else None}
+            for hits, policy_id, last_hit in rows[:count]]
+
+
+def monotonic_to_wall():
+    """A function from a bpf_ktime_get_ns() timestamp to epoch seconds."""
+    offset = time.time() - time.monotonic()
+    return lambda ns: ns / 1e9 + offset
+
+
+def _iso(epoch):
+    return datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc).isoformat(
+        timespec="milliseconds")
 
 
 def _session_matches(key, value, flt):
@@ -93,7 +115,29 @@ def _session_view(key, value):
     }
 
 
-def gather(pin_path, ipr, session_filter=None, session_limit=0):
+def drift(meta, links, attached):
+    """Interfaces that should carry the program but carry none on some hook.
+
+    "Should" is what the last microseg_program run attached plus what its selection
+    (names, globs, bridge) matches now, so a container started since then counts; an
+    interface that no longer exists does not."""
+    existing = dict((link["name"], link) for link in links)
+    wanted = set(name for name in meta.get("interfaces", {}) if name in existing)
+    selection = meta.get("selection") or {}
+    try:
+        wanted.update(_netlink.select_interfaces(links, [p for p in selection.get("interfaces") or []
+                                                         if _netlink.has_glob(p) or p in existing],
+                                                 selection.get("bridge")
+                                                 if selection.get("bridge") in existing else None))
+    except _netlink.NetlinkError:
+        pass
+    hooks = set(selection.get("hooks") or HOOKS)
+    return sorted(name for name in wanted if not hooks <= set(attached.get(name, {})))
+
+
+def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=20):
+    started = time.monotonic()
+    links = _netlink.list_links(ipr)
     facts = {
         "pin_path": pin_path,
         "installed": False,
@@ -101,10 +145,12 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0):
         "interfaces": attachment(ipr),
     }
     if not os.path.exists(os.path.join(pin_path, "config_map")):
+        facts["versions"] = {"kernel": platform.release(), "bcc": None, "source_sha256": None,
+                             "policy_generation": None, "kernel_headers": None}
         return facts
     facts["installed"] = True
     meta = _loader.read_meta(pin_path) or {}
-    facts["drift"] = sorted(set(meta.get("interfaces", {})) - set(facts["interfaces"]))
+    facts["drift"] = drift(meta, links, facts["interfaces"])
     facts["program"] = {
         "source_sha256": meta.get("source_sha256"),
         "headers": meta.get("headers"),
@@ -141,7 +187,12 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0):
             if pressure.pressure_level < len(_maps.PRESSURE_LEVELS) else "unknown",
         }
         facts["stats"] = pinned.stats()
+        facts["pressure"]["syn_flood_drops"] = facts["stats"]["tcp_syn_floods"]
+        facts["pressure"]["map_full_drops"] = facts["stats"]["map_full_drops"]
+        facts["pressure"]["last_check"] = _iso(monotonic_to_wall()(pressure.last_check)) \
+            if pressure.last_check else None
         facts["sessions"] = session_summary(pinned, session_filter, session_limit)
+        facts["rules"] = top_rules(pinned, pin_path, config, top_rules_count)
         maps = {}
         for spec in _maps.MAP_SPECS:
             info = pinned.info(spec.name)
@@ -151,6 +202,14 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0):
                 entry["fill_percent"] = round(100.0 * entry["entries"] / info["max_entries"], 2)
             maps[spec.name] = entry
         facts["maps"] = maps
+    facts["versions"] = {
+        "kernel": platform.release(),
+        "bcc": meta.get("bcc_version"),
+        "source_sha256": meta.get("source_sha256"),
+        "policy_generation": facts["config"]["policy_generation"],
+        "kernel_headers": meta.get("headers"),
+    }
+    facts["gather_seconds"] = round(time.monotonic() - started, 3)
     return facts
 
 

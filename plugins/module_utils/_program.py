@@ -348,6 +348,9 @@ def apply(params, sources, current, actions, sizes, headers_fn, ipr):
         meta["interfaces"] = attached_now
         meta["clsact_added"] = sorted(n for n in clsact_added if n in attached_now)
         meta["pin_path"] = pin_path
+        # What the monitor's auto-attach and the facts' drift check select from.
+        meta["selection"] = {"interfaces": list(params["interfaces"] or []),
+                             "bridge": params["bridge"], "hooks": sorted(set(params["hooks"]))}
         _loader.write_meta(pin_path, meta)
     finally:
         for fd in fds.values():

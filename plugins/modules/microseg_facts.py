@@ -40,6 +40,11 @@ options:
     description: Directory on bpffs holding the pinned maps.
     type: path
     default: /sys/fs/bpf/microseg
+  top_rules:
+    description:
+      - How many rules to list in C(rules), those with the most hits first; 0 lists none.
+    type: int
+    default: 20
   sessions:
     description:
       - Also return up to O(sessions.limit) sessions matching the filter (all filters are
@@ -96,7 +101,10 @@ ansible_facts:
           type: dict
           returned: always
         drift:
-          description: Interfaces the program was attached to that no longer carry it.
+          description:
+            - Interfaces that should carry the program on every configured hook but do not -
+              those the last O(ebpf.microseg.microseg_program#module:interfaces) run attached,
+              plus those its names, globs and bridge select now (a container started since).
           type: list
           elements: str
           returned: when installed
@@ -109,7 +117,10 @@ ansible_facts:
           type: dict
           returned: when installed
         pressure:
-          description: Session count, SYN_SENT count, evictions and pressure level (normal, warning, critical).
+          description:
+            - Session count, SYN_SENT count, evictions, insertion failures and level (normal,
+              warning, critical) as the monitor last wrote them (C(last_check)), plus the
+              SYN-flood and map-full drop counters.
           type: dict
           returned: when installed
         stats:
@@ -119,6 +130,23 @@ ansible_facts:
         maps:
           description: Per map, max_entries, and for keyed maps entries and fill_percent.
           type: dict
+          returned: when installed
+        rules:
+          description:
+            - The O(top_rules) rules with the most hits - C(name), C(policy_id), C(hits),
+              C(last_hit) (ISO 8601, UTC). The default action has no counter.
+          type: list
+          elements: dict
+          returned: when installed
+        versions:
+          description:
+            - C(kernel), C(bcc), C(source_sha256) of the program, C(policy_generation), and
+              C(kernel_headers) (which headers tree compiled the program, and how it was found).
+          type: dict
+          returned: always
+        gather_seconds:
+          description: How long reading the data plane took.
+          type: float
           returned: when installed
         sessions:
           description:
@@ -138,6 +166,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
+            top_rules=dict(type="int", default=20),
             sessions=dict(type="dict", options=dict(
                 limit=dict(type="int", default=100),
                 address=dict(type="str"),
@@ -158,7 +187,8 @@ def main():
         if session_filter.get("protocol", "").isdigit():
             session_filter["protocol"] = int(session_filter["protocol"])
         facts = _facts.gather(module.params["pin_path"], ipr, session_filter,
-                              wanted.get("limit", 0) if wanted else 0)
+                              wanted.get("limit", 0) if wanted else 0,
+                              module.params["top_rules"])
     except OSError as exc:
         module.fail_json(msg="cannot read the microseg maps under %s: %s"
                          % (module.params["pin_path"], exc))

@@ -7,6 +7,7 @@
   tcp HOST PORT [TIMEOUT]        connect, send, expect the echo      -> ok | fail
   udp HOST PORT [TIMEOUT]        send a datagram, expect the echo    -> ok | fail
   icmp HOST [TIMEOUT]            one echo request over a raw socket  -> ok | fail
+  synflood HOST PORT COUNT       COUNT bare SYNs from random source ports  -> sent N
   hold HOST PORT                 open TCP, then echo one message per stdin line:
                                  prints ok/fail per line (for cutting established flows)
 """
@@ -110,6 +111,27 @@ def icmp(host, timeout):
     return False
 
 
+def synflood(host, port, count):
+    """Bare SYNs over a raw TCP socket (the kernel adds the IP header); nothing answers
+    them when HOST is a static neighbour with no owner, so each stays SYN_SENT."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect((host, port))
+    src = socket.inet_aton(probe.getsockname()[0])
+    probe.close()
+    dst = socket.inet_aton(host)
+    sent = 0
+    for i in range(count):
+        sport = 20000 + (i * 7919) % 40000
+        header = struct.pack("!HHIIBBHHH", sport, port, 1000 + i, 0, 5 << 4, 0x02, 64240, 0, 0)
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(header))
+        header = header[:16] + struct.pack("!H", _checksum(pseudo + header)) + header[18:]
+        sock.sendto(header, (host, 0))
+        sent += 1
+    sock.close()
+    return sent
+
+
 def hold(host, port, timeout):
     conn = socket.create_connection((host, port), timeout=timeout)
     print("connected", flush=True)
@@ -129,6 +151,9 @@ def main(argv):
     cmd = argv[0]
     if cmd == "serve":
         serve(argv[1], int(argv[2]))
+        return
+    if cmd == "synflood":
+        print("sent %d" % synflood(argv[1], int(argv[2]), int(argv[3])))
         return
     if cmd == "hold":
         hold(argv[1], int(argv[2]), float(argv[3]) if len(argv) > 3 else 1.0)

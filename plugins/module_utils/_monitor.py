@@ -1,0 +1,639 @@
+# -*- coding: utf-8 -*-
+# Copyright: ebpf.microseg contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""microseg-monitor: the seed's Monitor Service, one long-running process per host.
+
+Every interval it recounts the session map (total and SYN_SENT) and writes map_pressure_map,
+so the data plane's pressure levels and SYN-flood guard act on real numbers, and deletes
+sessions idle past their timeout. Between ticks it consumes LOG events from the ring buffer
+(JSON lines), attaches the pinned programs to new interfaces that match the selection
+(netlink link events), and serves Prometheus metrics from a thread.
+
+It reads and writes the maps through the same module_utils as the modules; the executable
+files/microseg-monitor only puts them on sys.path and calls main().
+"""
+
+from __future__ import (absolute_import, division, print_function)
+__metaclass__ = type
+
+import argparse
+import ctypes
+import fnmatch
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
+from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
+from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
+from ansible_collections.ebpf.microseg.plugins.module_utils import _ringbuf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
+
+DEFAULT_METRICS_PORT = 9466
+EVENTS_PER_WAKEUP = 4096      # bounds memory: the ring itself bounds what is pending
+REASONS = {0: "new_flow", 1: "reevaluate"}
+
+
+def pressure_level(total, config):
+    """The level the data plane derives from total_sessions (same thresholds)."""
+    if not config or not config.pressure_warn_sessions:
+        return 0
+    if total >= config.pressure_crit_sessions:
+        return 2
+    if total >= config.pressure_warn_sessions:
+        return 1
+    return 0
+
+
+def event_record(event, rule_names, ifnames, wall_of):
+    """One LOG event as the dict written as a JSON line."""
+    proto = _maps.PROTOCOL_NAMES.get(event.protocol, event.protocol)
+    record = {
+        "time": _facts._iso(wall_of(event.timestamp_ns)),  # pylint: disable=protected-access
+        "src": _maps.u32_to_ip(event.src_ip), "dst": _maps.u32_to_ip(event.dst_ip),
+        "protocol": proto,
+        "direction": "ingress" if event.direction == _maps.DIR_INGRESS else "egress",
+        "rule": rule_names.get(event.policy_id),
+        "policy_id": event.policy_id,
+        "verdict": _maps.ACTION_NAMES.get(event.action, event.action),
+        "reason": REASONS.get(event.reason, event.reason),
+        "interface": ifnames.get(event.ifindex, event.ifindex),
+        "policy_generation": event.policy_ver,
+    }
+    if event.protocol in (6, 17):
+        record["src_port"] = event.src_port
+        record["dst_port"] = event.dst_port
+    return record
+
+
+# ---- Prometheus text format -----------------------------------------------------------
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render_metrics(snapshot):
+    """Prometheus text exposition (version 0.0.4) of one snapshot."""
+    lines = []
+
+    def family(name, kind, help_text, samples):
+        lines.append("# HELP %s %s" % (name, help_text))
+        lines.append("# TYPE %s %s" % (name, kind))
+        for labels, value in samples:
+            if labels:
+                text = ",".join('%s="%s"' % (k, _label(v)) for k, v in sorted(labels.items()))
+                lines.append("%s{%s} %s" % (name, text, value))
+            else:
+                lines.append("%s %s" % (name, value))
+
+    family("microseg_up", "gauge", "1 when the pinned maps are open.",
+           [({}, 1 if snapshot.get("up") else 0)])
+    if snapshot.get("up"):
+        family("microseg_datapath_total", "counter",
+               "Data plane counters summed over CPUs (stats_map).",
+               [({"counter": name}, value) for name, value in sorted(snapshot["stats"].items())])
+        family("microseg_map_entries", "gauge", "Entries in each keyed map.",
+               [({"map": name}, entry["entries"]) for name, entry in sorted(snapshot["maps"].items())
+                if "entries" in entry])
+        family("microseg_map_max_entries", "gauge", "Capacity of each map.",
+               [({"map": name}, entry["max_entries"])
+                for name, entry in sorted(snapshot["maps"].items())])
+        family("microseg_map_fill_ratio", "gauge", "entries / max_entries.",
+               [({"map": name}, round(entry["entries"] / float(entry["max_entries"]), 6))
+                for name, entry in sorted(snapshot["maps"].items()) if "entries" in entry])
+        family("microseg_sessions", "gauge", "Live sessions at the last recount.",
+               [({}, snapshot["sweep"]["total"])])
+        family("microseg_syn_sent_sessions", "gauge", "Sessions in SYN_SENT at the last recount.",
+               [({}, snapshot["sweep"]["syn_sent"])])
+        family("microseg_pressure_level", "gauge", "0 normal, 1 warning, 2 critical.",
+               [({}, snapshot["pressure_level"])])
+        family("microseg_expired_sessions_total", "counter",
+               "Sessions the monitor deleted after their idle timeout.",
+               [({"class": name}, value) for name, value in sorted(snapshot["expired"].items())])
+        family("microseg_policy_generation", "gauge", "Active policy generation.",
+               [({}, snapshot["policy_generation"])])
+        family("microseg_rule_hits_total", "counter", "New flows decided by each rule.",
+               [({"rule": rule["name"] or "", "policy_id": rule["policy_id"]}, rule["hits"])
+                for rule in snapshot["rules"]])
+        family("microseg_attached_interfaces", "gauge", "Interfaces carrying the program.",
+               [({}, snapshot["attached"])])
+    family("microseg_log_events_written_total", "counter", "LOG events written as JSON lines.",
+           [({}, snapshot.get("events_written", 0))])
+    family("microseg_monitor_tick_seconds", "gauge", "Duration of the last recount/expiry pass.",
+           [({}, round(snapshot.get("tick_seconds", 0.0), 6))])
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    """A tiny HTTP server in a thread; it only ever serves the latest rendered text."""
+
+    def __init__(self, address, port):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.text = render_metrics({})
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
+        self.thread.start()
+
+    def publish(self, text):
+        with self.lock:
+            self.text = text
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                conn, _peer = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                conn.settimeout(2)
+                request = conn.recv(4096).decode("latin-1")
+                path = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
+                if path.split("?")[0] in ("/metrics", "/"):
+                    with self.lock:
+                        body = self.text.encode()
+                    head = ("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; "
+                            "charset=utf-8\r\nContent-Length: %d\r\n\r\n" % len(body))
+                else:
+                    body = b"not found\n"
+                    head = "HTTP/1.0 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body)
+                conn.sendall(head.encode() + body)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+        self.thread.join(2)
+
+
+# ---- the pinned data plane, reopened when it goes away and comes back -------------------
+
+class DataPlane:
+    """Open fds on the pins; knows when the pins were removed or replaced."""
+
+    def __init__(self, pin_path):
+        self.pin_path = pin_path
+        self.maps = None
+        self.ring = None
+        self.programs = {}
+        self.config_map_id = None
+
+    @property
+    def up(self):
+        return self.maps is not None
+
+    def _pinned_config_id(self):
+        path = os.path.join(self.pin_path, "config_map")
+        try:
+            fd = bpf.obj_get(path)
+        except OSError:
+            return None
+        try:
+            return bpf.map_info(fd)["id"]
+        finally:
+            bpf.close(fd)
+
+    def open(self):
+        """Open everything; False (and nothing held) when the pins are not there."""
+        self.close()
+        config_id = self._pinned_config_id()
+        if config_id is None:
+            return False
+        try:
+            self.maps = _maps.PinnedMaps(self.pin_path)
+            self.ring = _ringbuf.RingBuffer(self.maps.fd("log_events"))
+        except OSError:
+            self.close()
+            return False
+        try:
+            self.programs = _loader.open_pinned_programs(self.pin_path)
+        except OSError:
+            # Maps without pinned programs (a bare datapath): everything but auto-attach.
+            self.programs = {}
+        self.config_map_id = config_id
+        return True
+
+    def current(self):
+        """Whether the pins still name the maps we hold (state=absent removes them; a
+        re-create makes new ones)."""
+        return self.up and self._pinned_config_id() == self.config_map_id
+
+    def close(self):
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.maps is not None:
+            self.maps.close()
+            self.maps = None
+        for fd in self.programs.values():
+            bpf.close(fd)
+        self.programs = {}
+        self.config_map_id = None
+
+
+class Monitor:
+
+    def __init__(self, options, out=None, err=None):
+        self.options = options
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.plane = DataPlane(options.pin_path)
+        self.timeouts = _sessions.timeouts_ns(options.timeouts)
+        self.stopping = False
+        self.metrics = None
+        self.events = None
+        self.rule_names = {}
+        self.rule_names_epoch = None
+        self.ifnames = {}
+        self.expired = dict((name, 0) for name in _sessions.DEFAULT_TIMEOUTS)
+        self.events_written = 0
+        self.last_sweep = {"total": 0, "syn_sent": 0, "expired": 0, "expired_by_class": {}}
+        self.last_full_count = 0.0
+        self.map_counts = {}
+        self.tick_seconds = 0.0
+        self.events_ipr = None
+        self.ipr = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def say(self, text):
+        self.err.write("microseg-monitor: %s\n" % text)
+        self.err.flush()
+
+    def stop(self, *_args):
+        self.stopping = True
+
+    def run(self):
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        opts = self.options
+        if opts.log_file:
+            directory = os.path.dirname(opts.log_file)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            self.events = open(opts.log_file, "a", buffering=1)
+        if opts.metrics_port >= 0:
+            self.metrics = MetricsServer(opts.metrics_address, opts.metrics_port)
+            self.say("metrics on http://%s:%d/metrics" % (opts.metrics_address, self.metrics.port))
+        if opts.pid_file:
+            with open(opts.pid_file, "w") as handle:
+                handle.write("%d\n" % os.getpid())
+        if _netlink.HAS_PYROUTE2:
+            self.ipr = _netlink.open_route()
+            if opts.attach:
+                from pyroute2.netlink.rtnl import RTMGRP_LINK  # pylint: disable=import-outside-toplevel
+                self.events_ipr = _netlink.open_route()
+                self.events_ipr.bind(groups=RTMGRP_LINK)
+        elif opts.attach:
+            self.say("pyroute2 is missing: auto-attach disabled")
+        try:
+            self._loop()
+        finally:
+            self.plane.close()
+            for handle in (self.events_ipr, self.ipr):
+                if handle is not None:
+                    handle.close()
+            if self.metrics:
+                self.metrics.close()
+            if self.events:
+                self.events.close()
+            if opts.pid_file and os.path.exists(opts.pid_file):
+                os.unlink(opts.pid_file)
+            self.say("stopped")
+        return 0
+
+    def _loop(self):
+        waiting_said = False
+        next_tick = 0.0
+        while not self.stopping:
+            if not self.plane.current():
+                if self.plane.up:
+                    self.say("the pinned maps under %s went away; waiting for them"
+                             % self.options.pin_path)
+                if not self.plane.open():
+                    if not waiting_said:
+                        self.say("waiting for pinned maps under %s" % self.options.pin_path)
+                        waiting_said = True
+                    self._publish()
+                    self._sleep(min(1.0, self.options.interval))
+                    continue
+                waiting_said = False
+                self.say("opened the data plane under %s (generation %d)"
+                         % (self.options.pin_path, self.plane.maps.config().policy_epoch))
+                self._reconcile_attachments()
+                next_tick = 0.0
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick()
+                next_tick = time.monotonic() + self.options.interval
+                if self.options.once:
+                    self._drain_events()
+                    return
+            self._wait(max(0.0, min(next_tick - time.monotonic(), 0.5)))
+
+    def _sleep(self, seconds):
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            self._wait(min(0.2, deadline - time.monotonic()))
+
+    def _wait(self, timeout):
+        """Sleep until a ring buffer record, a link event or the timeout."""
+        watched = []
+        if self.plane.up:
+            watched.append(self.plane.maps.fd("log_events"))
+        if self.events_ipr is not None:
+            watched.append(self.events_ipr.fileno())
+        try:
+            ready, _w, _x = select.select(watched, [], [], timeout) if watched else \
+                (time.sleep(timeout) or ([], None, None))
+        except InterruptedError:
+            return
+        except (OSError, ValueError):
+            # A map fd became unusable under us; the next loop turn reopens.
+            return
+        if self.plane.up and self.plane.maps.fd("log_events") in ready:
+            self._drain_events()
+        if self.events_ipr is not None and self.events_ipr.fileno() in ready:
+            self._link_events()
+
+    # -- recount, expiry, pressure ----------------------------------------------------------
+    def _tick(self):
+        started = time.monotonic()
+        maps = self.plane.maps
+        try:
+            now_ns = time.monotonic_ns()
+            sweep = _sessions.sweep(maps, now_ns, self.timeouts, delete=self.options.expire)
+            config = maps.config()
+            pressure = maps.pressure() or _maps.MapPressure()
+            pressure.total_sessions = sweep["total"]
+            pressure.syn_sent_count = sweep["syn_sent"]
+            pressure.pressure_level = pressure_level(sweep["total"], config)
+            pressure.last_check = time.monotonic_ns()
+            maps.write_pressure(pressure)
+        except OSError as exc:
+            self.say("tick failed: %s" % exc)
+            self.plane.close()
+            return
+        for klass, count in sweep["expired_by_class"].items():
+            if self.options.expire:
+                self.expired[klass] = self.expired.get(klass, 0) + count
+        if sweep["expired"]:
+            self.say("expired %d sessions %s" % (sweep["expired"], sweep["expired_by_class"]))
+        self.last_sweep = sweep
+        self.tick_seconds = time.monotonic() - started
+        self._publish(config, pressure)
+
+    def _publish(self, config=None, pressure=None):
+        if self.metrics is None:
+            return
+        if not self.plane.up:
+            self.metrics.publish(render_metrics({"events_written": self.events_written}))
+            return
+        maps = self.plane.maps
+        now = time.monotonic()
+        # Counting the policy maps costs a pass over up to 100k entries: not every second.
+        if now - self.last_full_count >= self.options.map_count_interval or not self.map_counts:
+            self.map_counts = {}
+            for spec in _maps.MAP_SPECS:
+                info = maps.info(spec.name)
+                entry = {"max_entries": info["max_entries"]}
+                if spec.key is not None and spec.map_type not in (2, 6) and \
+                        spec.name != "session_map":
+                    entry["entries"] = maps.count(spec.name)
+                self.map_counts[spec.name] = entry
+            self.last_full_count = now
+        counts = dict((name, dict(entry)) for name, entry in self.map_counts.items())
+        counts["session_map"]["entries"] = self.last_sweep["total"]
+        snapshot = {
+            "up": True,
+            "stats": maps.stats(),
+            "maps": counts,
+            "sweep": self.last_sweep,
+            "pressure_level": pressure.pressure_level if pressure else 0,
+            "expired": self.expired,
+            "policy_generation": config.policy_epoch if config else 0,
+            "rules": self._rules(config),
+            "attached": len(_facts.attachment(self.ipr)) if self.ipr is not None else 0,
+            "events_written": self.events_written,
+            "tick_seconds": self.tick_seconds,
+        }
+        self.metrics.publish(render_metrics(snapshot))
+
+    def _rules(self, config):
+        names = self._rule_names(config)
+        out = []
+        for key, value in self.plane.maps.items("rule_stats_map"):
+            out.append({"name": names.get(key.value), "policy_id": key.value, "hits": value.hits})
+        out.sort(key=lambda rule: (-rule["hits"], rule["policy_id"]))
+        return out[:self.options.metrics_rules]
+
+    def _rule_names(self, config):
+        epoch = config.policy_epoch if config else None
+        if epoch != self.rule_names_epoch:
+            names = {}
+            active = (epoch or 0) & 1
+            for policy_set in (1 - active, active):
+                document = _converge.read_source(self.options.pin_path, policy_set) or {}
+                for rule in document.get("rules", []):
+                    names[_policy_model.policy_id_for(rule["name"])] = rule["name"]
+            self.rule_names = names
+            self.rule_names_epoch = epoch
+        return self.rule_names
+
+    # -- LOG events -------------------------------------------------------------------------
+    def _drain_events(self):
+        if not self.plane.up:
+            return
+        records = self.plane.ring.drain(limit=EVENTS_PER_WAKEUP)
+        if not records:
+            return
+        wall_of = _facts.monotonic_to_wall()
+        names = self._rule_names(self.plane.maps.config())
+        for raw in records:
+            event = _maps.LogEvent.unpack(bytes(raw[:ctypes.sizeof(_maps.LogEvent)]))
+            if event.ifindex not in self.ifnames and self.ipr is not None:
+                self._refresh_ifnames()
+            line = json.dumps(event_record(event, names, self.ifnames, wall_of), sort_keys=True)
+            if self.events is not None:
+                self.events.write(line + "\n")
+            if self.options.events_to_stdout:
+                self.out.write(line + "\n")
+            self.events_written += 1
+        self.out.flush()
+
+    def _refresh_ifnames(self):
+        self.ifnames = dict((link["index"], link["name"]) for link in _netlink.list_links(self.ipr))
+
+    # -- auto-attach ------------------------------------------------------------------------
+    def _selection(self):
+        opts = self.options
+        if opts.interfaces or opts.bridge:
+            return list(opts.interfaces or []), opts.bridge, list(opts.hooks)
+        meta = _loader.read_meta(opts.pin_path) or {}
+        selection = meta.get("selection") or {}
+        return (list(selection.get("interfaces") or []), selection.get("bridge"),
+                list(selection.get("hooks") or opts.hooks))
+
+    def _wanted(self, link, links, patterns, bridge):
+        if link["name"] == "lo" or link["kind"] == "bridge":
+            return False
+        if any(fnmatch.fnmatchcase(link["name"], p) for p in patterns):
+            return True
+        if bridge:
+            masters = [other["index"] for other in links if other["name"] == bridge]
+            return bool(masters) and link["master"] == masters[0]
+        return False
+
+    def _reconcile_attachments(self):
+        if not self.options.attach or self.ipr is None or not self.plane.up:
+            return
+        patterns, bridge, hooks = self._selection()
+        links = _netlink.list_links(self.ipr)
+        for link in links:
+            if self._wanted(link, links, patterns, bridge):
+                self._ensure_attached(link, hooks)
+
+    def _ensure_attached(self, link, hooks):
+        if not self.plane.programs:
+            return
+        added = []
+        try:
+            if not _netlink.has_clsact(self.ipr, link["index"]):
+                _netlink.add_clsact(self.ipr, link["index"])
+            for hook in hooks:
+                if _netlink.our_filter(self.ipr, link["index"], hook):
+                    continue
+                function = _loader.HOOK_PROGRAM[hook]
+                _netlink.attach(self.ipr, link["index"], hook, self.plane.programs[function],
+                                function)
+                added.append(hook)
+        except Exception as exc:  # pylint: disable=broad-except
+            # The link may vanish between the event and the attach (containers are short-lived).
+            self.say("attach to %s failed: %s" % (link["name"], exc))
+            return
+        if added:
+            self.say("attached to %s (%s)" % (link["name"], ", ".join(added)))
+            self._record_interface(link["name"], hooks, present=True)
+
+    def _record_interface(self, name, hooks, present):
+        meta = _loader.read_meta(self.options.pin_path)
+        if meta is None:
+            return
+        interfaces = dict(meta.get("interfaces") or {})
+        if present:
+            interfaces[name] = sorted(hooks)
+        elif name in interfaces:
+            del interfaces[name]
+        else:
+            return
+        meta["interfaces"] = interfaces
+        try:
+            _loader.write_meta(self.options.pin_path, meta)
+        except (OSError, _loader.LoaderError) as exc:
+            self.say("cannot record %s: %s" % (name, exc))
+
+    def _link_events(self):
+        patterns, bridge, hooks = self._selection()
+        links = None
+        while True:
+            ready, _w, _x = select.select([self.events_ipr.fileno()], [], [], 0)
+            if not ready:
+                break
+            for msg in self.events_ipr.get():
+                name = msg.get_attr("IFLA_IFNAME")
+                if msg["event"] == "RTM_DELLINK":
+                    self.ifnames.pop(msg["index"], None)
+                    self._forget_interface(msg["index"], name)
+                    continue
+                if msg["event"] != "RTM_NEWLINK" or not self.plane.up or not self.options.attach:
+                    continue
+                if links is None:
+                    links = _netlink.list_links(self.ipr)
+                link = {"index": msg["index"], "name": name,
+                        "master": msg.get_attr("IFLA_MASTER"),
+                        "kind": _link_kind(msg)}
+                if self._wanted(link, links, patterns, bridge):
+                    self._ensure_attached(link, hooks)
+
+    def _forget_interface(self, index, name):
+        if not self.plane.up:
+            return
+        try:
+            self.plane.maps.delete("endpoint_map", _maps.U32(index))
+        except OSError:
+            pass
+        if name:
+            self._record_interface(name, [], present=False)
+
+
+def _link_kind(msg):
+    info = msg.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="microseg-monitor",
+        description="Keep the microseg data plane's pressure counters true, expire idle "
+                    "sessions, write LOG events as JSON lines, serve Prometheus metrics and "
+                    "attach the program to new interfaces.")
+    parser.add_argument("--pin-path", default=_maps.DEFAULT_PIN_PATH)
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between recount/expiry passes (default 1)")
+    for name, seconds in sorted(_sessions.DEFAULT_TIMEOUTS.items()):
+        parser.add_argument("--timeout-%s" % name.replace("_", "-"), type=float, default=seconds,
+                            dest="timeout_" + name,
+                            help="idle seconds before a %s session is deleted (default %s)"
+                                 % (name.replace("_", " "), seconds))
+    parser.add_argument("--no-expire", dest="expire", action="store_false",
+                        help="count sessions but delete none")
+    parser.add_argument("--log-file", default="/var/log/microseg/events.jsonl",
+                        help="LOG events as JSON lines ('' disables)")
+    parser.add_argument("--no-events-stdout", dest="events_to_stdout", action="store_false")
+    parser.add_argument("--metrics-address", default="127.0.0.1")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                        help="0 picks a free port, -1 disables (default %d)" % DEFAULT_METRICS_PORT)
+    parser.add_argument("--metrics-rules", type=int, default=100,
+                        help="per-rule hit series to export, most hits first")
+    parser.add_argument("--map-count-interval", type=float, default=10.0,
+                        help="seconds between entry counts of the policy maps")
+    parser.add_argument("--interface", dest="interfaces", action="append", default=[],
+                        help="name or glob to attach to (repeatable); default: what the last "
+                             "microseg_program run selected")
+    parser.add_argument("--bridge", help="attach to every port of this bridge")
+    parser.add_argument("--hook", dest="hooks", action="append", choices=["ingress", "egress"])
+    parser.add_argument("--no-attach", dest="attach", action="store_false",
+                        help="do not watch link events")
+    parser.add_argument("--pid-file")
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    options = parser.parse_args(argv)
+    options.hooks = options.hooks or ["ingress", "egress"]
+    options.timeouts = dict((name, getattr(options, "timeout_" + name))
+                            for name in _sessions.DEFAULT_TIMEOUTS)
+    if options.interval <= 0:
+        parser.error("--interval must be positive")
+    return options
+
+
+def main(argv=None):
+    options = parse_args(argv)
+    return Monitor(options).run()
