@@ -165,9 +165,49 @@ def datapath_section(args):
                 med, spread = fmt(median_spread(values))
                 rows.append((state, name, med, spread,
                              "%.1fx" % (statistics.median(values) / floor if floor else 0)))
+            if loaded:
+                READ_BACK_ROWS.extend(read_back_rows(dp, args.rounds))
     finally:
         dp.close()
     return rows
+
+
+READ_BACK_ROWS = []
+
+
+def read_back_rows(dp, rounds):
+    """microseg_facts and the monitor's recount with 1,000,000 live sessions."""
+    from ansible_collections.ebpf.microseg.plugins.module_utils import _facts, _netlink, _sessions
+    from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc
+    live = dp.maps.count("session_map")
+    rows = []
+    ipr = _netlink.open_route()
+    try:
+        timings = []
+        for _round in range(rounds):
+            started = time.time()
+            _facts.gather(dp.pin_path, ipr)
+            timings.append(time.time() - started)
+        rows.append(("facts gather (module code path)", live, timings))
+    finally:
+        ipr.close()
+    timings = []
+    for _round in range(max(1, rounds // 2)):
+        res = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % dp.pin_path)
+        assert res.rc == 0, res.stdout
+        timings.append(res.seconds)
+    rows.append(("ansible -m microseg_facts (ad hoc, wall)", live, timings))
+    timings = []
+    for _round in range(rounds):
+        started = time.time()
+        _sessions.sweep(dp.maps, time.monotonic_ns(), _sessions.timeouts_ns({}), delete=False)
+        timings.append(time.time() - started)
+    rows.append(("monitor recount + expiry scan (one tick)", live, timings))
+    out = []
+    for name, count, values in rows:
+        med, low, high = median_spread(values)
+        out.append((name, "{:,}".format(count), "%.2f (%.2f-%.2f)" % (med, low, high)))
+    return out
 
 
 def _fresh_config(dp):
@@ -231,6 +271,10 @@ def main():
     rows = datapath_section(args)
     sections.append(("Data plane, ns per packet (median, min-max over rounds)",
                      table(("maps", "path", "ns/pkt", "spread", "vs floor"), rows)))
+    if READ_BACK_ROWS:
+        sections.append(("Reading the data plane back with 1M sessions, seconds",
+                         table(("what", "sessions", "seconds (median, min-max)"),
+                               READ_BACK_ROWS)))
     if not args.skip_control:
         print("control plane: ansible-playbook on localhost", file=sys.stderr)
         rows = control_section(args)

@@ -196,6 +196,7 @@ class DataPlane:
         self.maps = None
         self.ring = None
         self.programs = {}
+        self.program_ids = {}
         self.config_map_id = None
 
     @property
@@ -225,11 +226,9 @@ class DataPlane:
         except OSError:
             self.close()
             return False
-        try:
-            self.programs = _loader.open_pinned_programs(self.pin_path)
-        except OSError:
-            # Maps without pinned programs (a bare datapath): everything but auto-attach.
-            self.programs = {}
+        # Maps without pinned programs (a bare datapath) still get everything but attach.
+        self.program_ids = {}
+        self.refresh_programs()
         self.config_map_id = config_id
         return True
 
@@ -237,6 +236,27 @@ class DataPlane:
         """Whether the pins still name the maps we hold (state=absent removes them; a
         re-create makes new ones)."""
         return self.up and self._pinned_config_id() == self.config_map_id
+
+    def refresh_programs(self):
+        """Reopen the pinned programs when microseg_program replaced them, so that
+        auto-attach never puts an old program on a new interface. True if replaced."""
+        try:
+            pinned = dict((fn, info["id"]) for fn, info in
+                          _loader.pinned_program_info(self.pin_path).items())
+        except OSError:
+            return False
+        if pinned == self.program_ids:
+            return False
+        for fd in self.programs.values():
+            bpf.close(fd)
+        self.programs = {}
+        self.program_ids = {}
+        try:
+            self.programs = _loader.open_pinned_programs(self.pin_path)
+            self.program_ids = pinned
+        except OSError:
+            self.programs = {}
+        return True
 
     def close(self):
         if self.ring is not None:
@@ -248,6 +268,7 @@ class DataPlane:
         for fd in self.programs.values():
             bpf.close(fd)
         self.programs = {}
+        self.program_ids = {}
         self.config_map_id = None
 
 
@@ -344,7 +365,9 @@ class Monitor:
             now = time.monotonic()
             if now >= next_tick:
                 self._tick()
-                next_tick = time.monotonic() + self.options.interval
+                # A pass over a million sessions takes about a second: stretch the
+                # interval so the monitor stays near a fifth of one core at most.
+                next_tick = time.monotonic() + max(self.options.interval, 4 * self.tick_seconds)
                 if self.options.once:
                     self._drain_events()
                     return
@@ -379,6 +402,8 @@ class Monitor:
     def _tick(self):
         started = time.monotonic()
         maps = self.plane.maps
+        if self.plane.refresh_programs():
+            self.say("pinned programs changed: ids %s" % sorted(self.plane.program_ids.values()))
         try:
             now_ns = time.monotonic_ns()
             sweep = _sessions.sweep(maps, now_ns, self.timeouts, delete=self.options.expire)
@@ -598,7 +623,8 @@ def parse_args(argv=None):
                     "attach the program to new interfaces.")
     parser.add_argument("--pin-path", default=_maps.DEFAULT_PIN_PATH)
     parser.add_argument("--interval", type=float, default=1.0,
-                        help="seconds between recount/expiry passes (default 1)")
+                        help="seconds between recount/expiry passes (default 1); stretched to "
+                             "4x the pass time on very large session tables")
     for name, seconds in sorted(_sessions.DEFAULT_TIMEOUTS.items()):
         parser.add_argument("--timeout-%s" % name.replace("_", "-"), type=float, default=seconds,
                             dest="timeout_" + name,
