@@ -15,7 +15,7 @@ SANITY_ROOT := $(BUILD)/sanity
 SANITY_COLL := $(SANITY_ROOT)/ansible_collections/ebpf/microseg
 PYTEST := $(WITH_COLL) $(PY) -m pytest -p no:cacheprovider -q -ra
 
-.PHONY: help deps collection sanity unit functional test demo demo-clean bench build clean
+.PHONY: help deps collection copy sanity integration unit functional test demo demo-clean bench build clean
 
 help:
 	@echo "make demo        build a one-bridge lab, converge it, print the allow/deny matrix"
@@ -31,12 +31,19 @@ collection:
 	@mkdir -p $(BUILD)/ansible_collections/ebpf
 	@ln -sfn $(ROOT) $(COLL)
 
-sanity: deps
+copy: deps
 	@rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_COLL)
 	@git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C $(SANITY_COLL)
 	@# Inside our ignored build/ the outer repo would hide every file from ansible-test.
 	@cd $(SANITY_COLL) && git init -q && git add -A
+
+sanity: copy
 	cd $(SANITY_COLL) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH $(VENV)/bin/ansible-test sanity --venv --python 3.11 --color no
+
+# As root, on this machine: the targets build namespaces and attach real programs.
+# --local keeps the system site packages (BCC comes from the distro, not PyPI).
+integration: copy
+	cd $(SANITY_COLL) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH $(VENV)/bin/ansible-test integration --local --python 3.11 --allow-destructive --allow-root --color no $(TARGETS)
 
 unit: deps collection
 	cd $(COLL) && $(PYTEST) tests/unit
@@ -44,7 +51,7 @@ unit: deps collection
 functional: deps collection
 	cd $(COLL) && $(PYTEST) tests/functional
 
-test: deps collection sanity
+test: deps collection sanity integration
 	cd $(COLL) && $(PYTEST) tests/unit tests/functional
 
 demo: deps collection
