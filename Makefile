@@ -13,14 +13,16 @@ WITH_COLL := ANSIBLE_COLLECTIONS_PATH=$(BUILD) PYTHONPATH=$(BUILD)
 # ansible-test resolves symlinks, so sanity runs on a copy of the tracked and new files.
 SANITY_ROOT := $(BUILD)/sanity
 SANITY_COLL := $(SANITY_ROOT)/ansible_collections/ebpf/microseg
+LAB_HOSTS ?= 3
+LAB_ANSIBLE := $(WITH_COLL) ANSIBLE_FORKS=20 ANSIBLE_HOST_KEY_CHECKING=False
 PYTEST := $(WITH_COLL) $(PY) -m pytest -p no:cacheprovider -q -ra
 
-.PHONY: help deps collection copy sanity integration unit functional test demo demo-clean bench build clean
+.PHONY: help deps collection copy sanity integration molecule unit functional test demo demo-clean bench build clean
 
 help:
-	@echo "make demo        build a one-bridge lab, converge it, print the allow/deny matrix"
-	@echo "make demo-clean  remove the demo lab, program and pins"
-	@echo "make test        install deps, ansible-test sanity, unit and real-kernel tests"
+	@echo "make demo        build the lab fleet (LAB_HOSTS=3), run site.yml over SSH, print the matrix"
+	@echo "make demo-clean  remove the lab fleet"
+	@echo "make test        install deps; sanity, integration, molecule, unit and real-kernel tests"
 	@echo "make bench       data plane ns/packet and control plane timings (bench/results.md)"
 	@echo "make build       ansible-galaxy collection build into build/dist"
 
@@ -51,14 +53,22 @@ unit: deps collection
 functional: deps collection
 	cd $(COLL) && $(PYTEST) tests/functional
 
-test: deps collection sanity integration
+test: deps collection sanity integration molecule
 	cd $(COLL) && $(PYTEST) tests/unit tests/functional
 
+# The lab fleet: LAB_HOSTS hosts (network namespace + mount namespace + sshd each) on a
+# management bridge, converged over SSH by site.yml, then the measured allow/deny matrix.
 demo: deps collection
-	$(WITH_COLL) $(VENV)/bin/ansible-playbook -i demo/inventory.ini demo/demo.yml
+	$(PY) lab/fleet.py up --hosts $(LAB_HOSTS)
+	$(LAB_ANSIBLE) $(VENV)/bin/ansible-playbook -i lab/inventory site.yml
+	$(LAB_ANSIBLE) $(VENV)/bin/ansible-playbook -i lab/inventory lab/verify.yml
 
-demo-clean: deps collection
-	$(WITH_COLL) $(VENV)/bin/ansible-playbook -i demo/inventory.ini demo/demo-clean.yml
+demo-clean: deps
+	$(PY) lab/fleet.py down
+
+# Both scenarios build and destroy the lab fleet themselves (stop a demo lab first).
+molecule: deps collection
+	$(LAB_ANSIBLE) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/molecule test --all
 
 bench: deps collection
 	cd $(COLL) && $(WITH_COLL) $(PY) bench/run.py --full

@@ -117,6 +117,8 @@ def run(params, check_mode, want_diff):
                                       for name in _converge.POLICY_MAPS)}
 
     if not os.path.exists(os.path.join(pin_path, "config_map")):
+        if check_mode and state not in ("gathered", "deleted"):
+            return _predict_on_empty(params, state, want_diff)
         raise PolicyInputError("no microseg program under %s: run "
                                "ebpf.microseg.microseg_program first" % pin_path)
 
@@ -194,6 +196,25 @@ def run(params, check_mode, want_diff):
             _converge.switch(pinned, current["generation"] + 1, after["default_action"])
             _converge.clear_set(pinned, current["entries"], active)
             return result
+
+
+def _predict_on_empty(params, state, want_diff):
+    """Check mode before the program exists (a first --check of a whole play): predict the
+    converge against the empty data plane that microseg_program is about to create."""
+    held = copy.deepcopy(EMPTY)
+    before = copy.deepcopy(EMPTY)
+    policy, after = normalize(desired_document(state, held, params))
+    compiled = _compiler.compile_policy(policy, 1)
+    result = {"changed": True, "before": before, "after": after, "generation": 1,
+              "stale_entries_removed": 0,
+              "entry_changes": dict((name, {"added": len(getattr(compiled, name)), "removed": 0,
+                                            "changed": 0, "entries": len(getattr(compiled, name))})
+                                    for name in _converge.POLICY_MAPS),
+              "warnings": ["no microseg program under %s yet: predicted against the empty "
+                           "data plane microseg_program creates" % params["pin_path"]]}
+    if want_diff:
+        result["diff"] = {"before": before, "after": after}
+    return result
 
 
 def input_digest(document):

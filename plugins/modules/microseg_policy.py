@@ -194,6 +194,8 @@ def main():
         result = _policy.run(module.params, module.check_mode, module._diff)
     except _policy.PolicyInputError as exc:
         module.fail_json(msg=str(exc))
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     module.exit_json(**result)
 
 
