@@ -148,7 +148,7 @@ def monitored():
 
 def sessions(pin):
     with _maps.PinnedMaps(pin, names=["session_map"]) as pinned:
-        return [(key, value) for key, value in pinned.items("session_map")]
+        return list(pinned.items("session_map"))
 
 
 def pressure(pin):
@@ -189,12 +189,11 @@ def test_udp_session_expires_on_schedule(monitored):
 def test_closed_tcp_session_expires_fast_and_recount_is_true(monitored):
     lab, pin, _monitor = monitored
     assert lab["web"].probe("tcp", lab["db"].address, 5432) == "ok"
-    closed = [v for _k, v in flows_to(pin, 5432, 6)
-              if _maps.TCP_STATES[v.state] in ("TIME_WAIT", "CLOSE", "LAST_ACK", "FIN_WAIT2",
-                                                "CLOSE_WAIT", "FIN_WAIT1", "CLOSING")]
-    assert closed, [_maps.TCP_STATES[v.state] for _k, v in flows_to(pin, 5432, 6)]
-    deadline = time.monotonic() + 1.0 + 60 + 2   # closing states may pass through tcp_closing
-    deadline = time.monotonic() + 4.0
+    states = [_maps.TCP_STATES[v.state] for _k, v in flows_to(pin, 5432, 6)]
+    # The client closed first and the server answered: both sides reach TIME_WAIT or CLOSE,
+    # which expire after 1 s (tcp_closed), not the 60 s of half-closed states.
+    assert states and set(states) <= {"TIME_WAIT", "CLOSE"}, states
+    deadline = time.monotonic() + 3.0
     while flows_to(pin, 5432, 6):
         assert time.monotonic() < deadline, [(_maps.TCP_STATES[v.state]) for _k, v in
                                              flows_to(pin, 5432, 6)]
@@ -259,7 +258,7 @@ def test_log_rule_writes_one_json_line_per_event_within_the_rate(monitored):
     before = len(_events(monitor))
     stats_before = stats(pin)
     time.sleep(1.1)   # a fresh rate window
-    for _ in range(3):
+    for _attempt in range(3):
         assert web.probe("tcp", db.address, 80) == "ok"
     deadline = time.monotonic() + 2.0
     while len(_events(monitor)) < before + 6 and time.monotonic() < deadline:
@@ -386,7 +385,7 @@ def test_facts_name_rule_hits_versions_and_drift(monitored):
     from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc
     lab, pin, _monitor = monitored
     web, db = lab["web"], lab["db"]
-    for _ in range(2):
+    for _attempt in range(2):
         assert web.probe("tcp", db.address, 5432) == "ok"
     res = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s top_rules=2" % pin)
     assert res.rc == 0, res.stdout

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Integration-test lab: bridge msitbr, namespaces msit-a (198.18.210.10) and msit-b
 # (198.18.210.20) on veths msita/msitb, a TCP echo server on port 7000 in each.
 # up | down | probe FROM TO_ADDR PORT (prints ok or fail). Processes are stopped by pid.
