@@ -275,8 +275,8 @@ class Fleet:
             host.route_to(everyone)
         for host in fresh:
             host.wait_ssh()
-            say("%s up: %s (netns %s, sshd pid %s)" % (host.name, host.address, host.netns,
-                                                         host.pid))
+            say("%s up: %s (netns %s, sshd pid %s)"
+                % (host.name, host.address, host.netns, host.pid))
         self.write_inventory(everyone)
         say("%d hosts up (%d new) in %.1f s; inventory %s"
             % (len(everyone), len(fresh), time.time() - started, self.inventory))
