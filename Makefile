@@ -70,8 +70,10 @@ demo-clean: deps
 molecule: deps collection
 	$(LAB_ANSIBLE) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/molecule test --all
 
+# Data plane (PROG_TEST_RUN and real traffic vs iptables/nftables), control plane, lab fleet.
 bench: deps collection
-	cd $(COLL) && $(WITH_COLL) $(PY) bench/run.py --full
+	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	cd $(COLL) && $(WITH_COLL) ANSIBLE_FORKS=20 $(PY) bench/run.py --full
 
 build: deps
 	@mkdir -p $(BUILD)/dist

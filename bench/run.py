@@ -15,6 +15,7 @@ import ctypes
 import os
 import random
 import statistics
+import subprocess
 import struct
 import sys
 import time
@@ -262,6 +263,8 @@ def main():
     parser.add_argument("--flows", type=int, default=20000)
     parser.add_argument("--full", action="store_true", help="also with 100k/10k/1M loaded")
     parser.add_argument("--skip-control", action="store_true")
+    parser.add_argument("--skip-fleet", action="store_true", help="no lab fleet sections")
+    parser.add_argument("--skip-traffic", action="store_true", help="no real-traffic section")
     args = parser.parse_args()
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -286,6 +289,26 @@ def main():
         sections.append(("microseg_policy converge (module code path), wall seconds",
                          table(("run", "seconds", "entries moved", "changed"),
                                converge_rows())))
+    if READ_BACK_ROWS:
+        print("control plane: microseg-monitor CPU and memory", file=sys.stderr)
+        from ansible_collections.ebpf.microseg.bench import monitor as monitor_bench
+        sections.append(("microseg-monitor CPU and memory",
+                         table(("state", "CPU % of one core", "RSS MiB", "sessions"),
+                               monitor_bench.rows())))
+    if not args.skip_fleet:
+        print("control plane: site.yml on the lab fleet (3 and 10 hosts), iptables comparison",
+              file=sys.stderr)
+        from ansible_collections.ebpf.microseg.bench import fleet as fleet_bench
+        sections.append(("site.yml on the lab fleet, wall seconds",
+                         table(("run", "seconds", "changed tasks"), fleet_bench.site_rows([3, 10]))))
+        sections.append(("Pushing R rules: microseg_policy vs ansible.builtin.iptables, wall seconds",
+                         table(("contender", "first run", "re-run", "changed on re-run"),
+                               fleet_bench.policy_rows([10, 100, 10000], 100))))
+    if not args.skip_traffic and os.path.exists(os.path.join(HERE, "traffic.py")):
+        print("data plane: real traffic against iptables and nftables", file=sys.stderr)
+        subprocess.run([sys.executable, os.path.join(HERE, "traffic.py")], check=True)
+        with open(os.path.join(HERE, "traffic.md")) as handle:
+            sections.append(("Real traffic between containers on a bridge", handle.read()))
     text = "\n\n".join("## %s\n\n%s" % (title, body) for title, body in sections)
     print(text)
     with open(os.path.join(HERE, "results.md"), "w") as handle:

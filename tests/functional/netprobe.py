@@ -7,7 +7,7 @@
   tcp HOST PORT [TIMEOUT]        connect, send, expect the echo      -> ok | fail
   udp HOST PORT [TIMEOUT]        send a datagram, expect the echo    -> ok | fail
   icmp HOST [TIMEOUT]            one echo request over a raw socket  -> ok | fail
-  synflood HOST PORT COUNT       COUNT bare SYNs from random source ports  -> sent N
+  synflood HOST PORT COUNT [START]  COUNT bare SYNs from distinct source ports -> sent N
   hold HOST PORT                 open TCP, then echo one message per stdin line:
                                  prints ok/fail per line (for cutting established flows)
 """
@@ -111,7 +111,7 @@ def icmp(host, timeout):
     return False
 
 
-def synflood(host, port, count):
+def synflood(host, port, count, start=0):
     """Bare SYNs over a raw TCP socket (the kernel adds the IP header); nothing answers
     them when HOST is a static neighbour with no owner, so each stays SYN_SENT."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
@@ -121,9 +121,11 @@ def synflood(host, port, count):
     probe.close()
     dst = socket.inet_aton(host)
     sent = 0
-    for i in range(count):
+    for i in range(start, start + count):
+        # Distinct (source port, destination port) pairs: every SYN is a new flow.
         sport = 20000 + (i * 7919) % 40000
-        header = struct.pack("!HHIIBBHHH", sport, port, 1000 + i, 0, 5 << 4, 0x02, 64240, 0, 0)
+        dport = port + i // 40000
+        header = struct.pack("!HHIIBBHHH", sport, dport, 1000 + i, 0, 5 << 4, 0x02, 64240, 0, 0)
         pseudo = src + dst + struct.pack("!BBH", 0, 6, len(header))
         header = header[:16] + struct.pack("!H", _checksum(pseudo + header)) + header[18:]
         sock.sendto(header, (host, 0))
@@ -153,7 +155,8 @@ def main(argv):
         serve(argv[1], int(argv[2]))
         return
     if cmd == "synflood":
-        print("sent %d" % synflood(argv[1], int(argv[2]), int(argv[3])))
+        print("sent %d" % synflood(argv[1], int(argv[2]), int(argv[3]),
+                                   int(argv[4]) if len(argv) > 4 else 0))
         return
     if cmd == "hold":
         hold(argv[1], int(argv[2]), float(argv[3]) if len(argv) > 3 else 1.0)
