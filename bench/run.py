@@ -303,7 +303,7 @@ def main():
                          table(("run", "seconds", "changed tasks"), fleet_bench.site_rows([3, 10]))))
         sections.append(("Pushing R rules: microseg_policy vs ansible.builtin.iptables, wall seconds",
                          table(("contender", "first run", "re-run", "changed on re-run"),
-                               fleet_bench.policy_rows([10, 100, 10000], 100))))
+                               fleet_bench.policy_rows([10, 100, 1000], 100))))
     if not args.skip_traffic and os.path.exists(os.path.join(HERE, "traffic.py")):
         print("data plane: real traffic against iptables and nftables", file=sys.stderr)
         subprocess.run([sys.executable, os.path.join(HERE, "traffic.py")], check=True)

@@ -126,7 +126,7 @@ class Microseg:
     name = "microseg"
 
     def __init__(self):
-        self.dp = Datapath(sizes={"policy_map_size": 65536, "range_map_size": 16384,
+        self.dp = Datapath(sizes={"policy_map_size": 65536, "range_map_size": 65536,
                                   "session_map_size": 65536, "rule_stats_size": 65536})
         ipr = _netlink.open_route()
         try:
