@@ -14,6 +14,16 @@ every host routes the other hosts' container subnets over the management network
   fleet.py down                     stop every process of the fleet by pid, remove it all
   fleet.py status                   one line per host
   fleet.py exec HOST [--container NAME] -- CMD...   run in a host (or one of its containers)
+  fleet.py pids [--all]             "HOST SSHD_PID" per running host (--all: every pid in it)
+
+--state-dir and --inventory move the state (keys, sshd configs, pids) and the inventory,
+e.g. for a test's private fleet; the names (mslab0, msl-h<i>, mslh<i>) and addresses are
+fixed, so only one fleet can run at a time.
+
+From Python (tests, demo):  fleet = Fleet(state_dir); fleet.up(2);
+  fleet.exec("h2", ["ip", "-br", "addr"], container="web")  -> CompletedProcess
+  fleet.command("h2", argv, container=None)                 -> argv for subprocess.Popen
+  fleet.down()
 
 Only 198.18.0.0/15 addresses; nothing outside the names above is touched.
 """
@@ -33,6 +43,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 MGMT_BRIDGE = "mslab0"
 MGMT_ADDRESS = "198.18.0.1/24"
+# Fixed, locally administered: a bridge without one takes its lowest port MAC and changes it
+# when that port goes, so hosts' ARP entries go stale and, at `down`, the closing sshd
+# sessions' FINs never reach the root namespace (ssh ControlMaster processes would linger).
+MGMT_MAC = "02:00:c6:12:00:01"
 CONTAINERS = (("web", 10), ("db", 20), ("other", 30))
 CONTAINER_BRIDGE = "msbr0"
 MAX_HOSTS = 200
@@ -97,9 +111,12 @@ class Host:
             os.kill(pid, 0)
         except (OSError, ValueError):
             return None
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            if b"sshd" not in handle.read():
-                return None   # a recycled pid
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                if b"sshd" not in handle.read():
+                    return None   # starting up, a zombie or a recycled pid
+        except OSError:
+            return None
         return pid
 
     def exists(self):
@@ -167,30 +184,41 @@ class Host:
         pid = self.pid
         if not pid:
             raise SystemExit("fleet: %s is not running" % self.name)
-        prefix = ["nsenter", "-t", str(pid), "-m", "-n", "--"]
+        # setns() into a mount namespace moves the cwd to its root: keep the caller's
+        # (the host shares this machine's filesystem apart from its private mounts).
+        prefix = ["nsenter", "-t", str(pid), "-m", "-n", "--wd=" + _cwd(), "--"]
         if container:
             prefix += ["ip", "netns", "exec", container]
         return prefix + list(argv)
 
     def processes(self):
-        """Every pid living in this host: its namespaces and its containers' namespaces."""
-        pids = set()
-        pid = self.pid
-        if pid:
-            inner = sh(*self.enter(["sh", "-c", "for n in $(ip netns list | cut -d' ' -f1); "
-                                                "do ip netns pids \"$n\"; done"]), check=False)
-            pids.update(int(p) for p in inner.stdout.split() if p.isdigit())
-            mnt = os.readlink("/proc/%d/ns/mnt" % pid)
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    try:
-                        if os.readlink("/proc/%s/ns/mnt" % entry) == mnt:
-                            pids.add(int(entry))
-                    except OSError:
-                        continue
-        if self.exists():
-            res = sh("ip", "netns", "pids", self.netns, check=False)
-            pids.update(int(p) for p in res.stdout.split() if p.isdigit())
+        """Every pid living in this host, found from the root namespace through /proc:
+
+        - in the host's network namespace;
+        - in a mount namespace that holds the host's private /run/netns tmpfs: the host's
+          own, and the copies that `ip netns exec` makes inside it (so also processes in a
+          container namespace that was deleted while they ran);
+        - in one of the host's containers' network namespaces (named in that /run/netns).
+        """
+        table = _namespaces()
+        host_net = _ns_inode("/run/netns/" + self.netns) if self.exists() else None
+        members = set(p for p, entry in table.items() if entry[0] == host_net)
+        own_dev = table.get(os.getpid(), (None, None, None))[2]
+        devs, container_nets = set(), set()
+        for anchor in sorted(members | set([self.pid] if self.pid else [])):
+            dev = table.get(anchor, (None, None, None))[2]
+            if dev is None or dev == own_dev or dev in devs:
+                continue
+            names = _listdir("/proc/%d/root/run/netns" % anchor)
+            if names is None or any(n.startswith("msl-h") for n in names):
+                continue   # not the host's private /run/netns
+            devs.add(dev)
+            for name in names:
+                inode = _ns_inode("/proc/%d/root/run/netns/%s" % (anchor, name))
+                if inode is not None and inode != host_net:
+                    container_nets.add(inode)
+        pids = set(p for p, (net, unused, dev) in table.items()
+                   if net == host_net or dev in devs or net in container_nets)
         pids.discard(os.getpid())
         return pids
 
@@ -212,6 +240,54 @@ class Host:
         if self.exists():
             sh("ip", "netns", "del", self.netns, check=False)
         shutil.rmtree(self.state, ignore_errors=True)
+
+
+def _ns_inode(path):
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except OSError:
+        return None
+
+
+def _netns_names():
+    out = sh("ip", "netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _link_names():
+    out = sh("ip", "-o", "link", "show", check=False).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()
+            if line.count(":") >= 2]
+
+
+def _namespaces():
+    """{pid: (net namespace inode, mount namespace inode, device of its /run/netns)}."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            net = _ns_inode("/proc/%s/ns/net" % entry)
+            mnt = _ns_inode("/proc/%s/ns/mnt" % entry)
+            try:
+                dev = os.stat("/proc/%s/root/run/netns" % entry).st_dev
+            except OSError:
+                dev = None
+            if net is not None and mnt is not None:
+                table[int(entry)] = (net, mnt, dev)
+    return table
+
+
+def _cwd():
+    try:
+        return os.getcwd()
+    except OSError:
+        return "/"
 
 
 def _alive(pid):
@@ -249,6 +325,27 @@ class Fleet:
             raise SystemExit("fleet: no host %r (hosts are h1, h2, ...)" % name)
         return Host(self, int(name[1:]))
 
+    def command(self, host, argv, container=None):
+        """argv that runs `argv` in host (name like "h2") or in one of its containers."""
+        return self.host(host).enter(argv, container)
+
+    def exec(self, host, argv, container=None, check=False, timeout=None, **kw):
+        """Run argv in host (or its container) from the root namespace; output captured."""
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        kw.setdefault("universal_newlines", True)
+        return subprocess.run(self.command(host, argv, container), check=check,
+                              timeout=timeout, **kw)
+
+    def pids(self, every=False):
+        """{host name: [sshd pid]} for running hosts; every=True: every pid in each host."""
+        out = {}
+        for host in self.hosts():
+            pid = host.pid
+            if pid:
+                out[host.name] = sorted(host.processes()) if every else [pid]
+        return out
+
     def up(self, count):
         if not 1 <= count <= MAX_HOSTS:
             raise SystemExit("fleet: --hosts must be 1..%d" % MAX_HOSTS)
@@ -258,8 +355,9 @@ class Fleet:
             sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "microseg-lab", "-f", self.key)
         shutil.copyfile(self.key + ".pub", self.authorized_keys)
         if sh("ip", "link", "show", MGMT_BRIDGE, check=False).returncode:
-            sh("ip", "link", "add", MGMT_BRIDGE, "type", "bridge")
+            sh("ip", "link", "add", MGMT_BRIDGE, "address", MGMT_MAC, "type", "bridge")
         sh("sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % MGMT_BRIDGE)
+        sh("ip", "link", "set", MGMT_BRIDGE, "address", MGMT_MAC)
         sh("ip", "addr", "replace", MGMT_ADDRESS, "dev", MGMT_BRIDGE)
         sh("ip", "link", "set", MGMT_BRIDGE, "up")
         wanted = [Host(self, i) for i in range(1, count + 1)]
@@ -284,6 +382,14 @@ class Fleet:
     def down(self):
         started = time.time()
         hosts = self.hosts()
+        # Also hosts whose state directory is gone (names are fixed: msl-h<i>, mslh<i>).
+        known = set(h.index for h in hosts)
+        for name in _netns_names() + _link_names():
+            for prefix in ("msl-h", "mslh"):
+                if name.startswith(prefix) and name[len(prefix):].isdigit() \
+                        and int(name[len(prefix):]) not in known:
+                    known.add(int(name[len(prefix):]))
+                    hosts.append(Host(self, int(name[len(prefix):])))
         for host in hosts:
             host.destroy()
             say("%s down" % host.name)
@@ -337,6 +443,8 @@ def main(argv=None):
     up.add_argument("--hosts", type=int, default=3)
     sub.add_parser("down")
     sub.add_parser("status")
+    pids = sub.add_parser("pids")
+    pids.add_argument("--all", action="store_true", help="every process in each host")
     run = sub.add_parser("exec")
     run.add_argument("host")
     run.add_argument("--container")
@@ -355,6 +463,9 @@ def main(argv=None):
         fleet.down()
     elif args.command == "status":
         fleet.status()
+    elif args.command == "pids":
+        for name, found in sorted(fleet.pids(args.all).items(), key=lambda kv: int(kv[0][1:])):
+            print("%s %s" % (name, " ".join(str(p) for p in found)))
     else:
         if not command:
             raise SystemExit("fleet: exec needs a command after --")
