@@ -308,7 +308,10 @@ def main():
         print("data plane: real traffic against iptables and nftables", file=sys.stderr)
         subprocess.run([sys.executable, os.path.join(HERE, "traffic.py")], check=True)
         with open(os.path.join(HERE, "traffic.md")) as handle:
-            sections.append(("Real traffic between containers on a bridge", handle.read()))
+            body = handle.read()
+        # traffic.md carries its own "## " title; keep it as the section's title.
+        title, _newline, rest = body.partition("\n")
+        sections.append((title.lstrip("# ").strip(), rest.strip()))
     text = "\n\n".join("## %s\n\n%s" % (title, body) for title, body in sections)
     print(text)
     with open(os.path.join(HERE, "results.md"), "w") as handle:
