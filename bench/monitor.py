@@ -19,7 +19,6 @@ import threading
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import collections_path
 from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
 from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab
@@ -81,17 +80,7 @@ def rows(seconds=10.0):
     try:
         dp = Datapath(sizes={"session_map_size": 2000000, "policy_map_size": 1024})
         dp.set_config(syn_flood_threshold=20000)
-        ipr = _netlink.open_route()
-        try:
-            for ctr in lab.containers.values():
-                index = ipr.link_lookup(ifname=ctr.host_if)[0]
-                _netlink.add_clsact(ipr, index)
-                _netlink.attach(ipr, index, "ingress", dp.fds["microseg_from_container"],
-                                "microseg_from_container")
-                _netlink.attach(ipr, index, "egress", dp.fds["microseg_to_container"],
-                                "microseg_to_container")
-        finally:
-            ipr.close()
+        lab.attach(dp.fds)
         lab.wait_links()
         ghost = "198.18.104.99"
         lab["web"].run("ip", "neigh", "replace", ghost, "lladdr", "02:00:00:00:00:99", "dev",

@@ -49,6 +49,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program
+from ansible_collections.ebpf.microseg.tests.functional.netlab import stop_processes
 from ansible_collections.ebpf.microseg.plugins.modules.microseg_program import argument_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -201,16 +202,7 @@ class Topology:
             time.sleep(0.2)
 
     def remove(self):
-        for proc in self.processes:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        stop_processes(self.processes)
         self.processes = []
         for kind, name in reversed(self.created):
             if kind == "link":

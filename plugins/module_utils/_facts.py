@@ -53,20 +53,26 @@ def session_summary(pinned, session_filter=None, limit=0):
     return out
 
 
-def top_rules(pinned, pin_path, config, count):
-    """The `count` rules with the most hits: name, policy id, hits, last hit time.
-
-    The kernel knows rules by policy id only; names come from the policy source the
-    converge stored beside the maps (the active set first, then the other one, so rules
-    removed by the last change still get a name while their counters live)."""
-    if count <= 0:
-        return []
+def rule_names(pin_path, config):
+    """{policy_id: rule name} from the policy source stored beside the maps: the inactive
+    set first, then the active one over it, so rules removed by the last change still get
+    a name while their counters live."""
     names = {}
     active = config.policy_epoch & 1 if config else 0
     for policy_set in (1 - active, active):
         document = _converge.read_source(pin_path, policy_set) or {}
         for rule in document.get("rules", []):
             names[_policy_model.policy_id_for(rule["name"])] = rule["name"]
+    return names
+
+
+def top_rules(pinned, pin_path, config, count):
+    """The `count` rules with the most hits: name, policy id, hits, last hit time.
+
+    The kernel knows rules by policy id only; names come from rule_names()."""
+    if count <= 0:
+        return []
+    names = rule_names(pin_path, config)
     rows = [(value.hits, key.value, value.last_hit) for key, value in pinned.items("rule_stats_map")]
     rows.sort(reverse=True)
     clock = monotonic_to_wall()
@@ -197,7 +203,7 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=
         for spec in _maps.MAP_SPECS:
             info = pinned.info(spec.name)
             entry = {"max_entries": info["max_entries"], "id": info["id"]}
-            if spec.key is not None and spec.map_type not in _FIXED_SIZE_TYPES:
+            if spec.key is not None and spec.map_type not in FIXED_SIZE_TYPES:
                 entry["entries"] = pinned.count(spec.name)
                 entry["fill_percent"] = round(100.0 * entry["entries"] / info["max_entries"], 2)
             maps[spec.name] = entry
@@ -214,4 +220,4 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=
 
 
 # Arrays always hold max_entries; counting them says nothing.
-_FIXED_SIZE_TYPES = (2, 6)  # BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY
+FIXED_SIZE_TYPES = (2, 6)  # BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY

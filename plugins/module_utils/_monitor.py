@@ -29,12 +29,10 @@ import threading
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
-from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
 from ansible_collections.ebpf.microseg.plugins.module_utils import _ringbuf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 
@@ -441,7 +439,7 @@ class Monitor:
             for spec in _maps.MAP_SPECS:
                 info = maps.info(spec.name)
                 entry = {"max_entries": info["max_entries"]}
-                if spec.key is not None and spec.map_type not in (2, 6) and \
+                if spec.key is not None and spec.map_type not in _facts.FIXED_SIZE_TYPES and \
                         spec.name != "session_map":
                     entry["entries"] = maps.count(spec.name)
                 self.map_counts[spec.name] = entry
@@ -474,13 +472,8 @@ class Monitor:
     def _rule_names(self, config):
         epoch = config.policy_epoch if config else None
         if epoch != self.rule_names_epoch:
-            names = {}
-            active = (epoch or 0) & 1
-            for policy_set in (1 - active, active):
-                document = _converge.read_source(self.options.pin_path, policy_set) or {}
-                for rule in document.get("rules", []):
-                    names[_policy_model.policy_id_for(rule["name"])] = rule["name"]
-            self.rule_names = names
+            # Re-read only when a converge switched generations.
+            self.rule_names = _facts.rule_names(self.options.pin_path, config)
             self.rule_names_epoch = epoch
         return self.rule_names
 

@@ -28,6 +28,20 @@ def sh(*args, **kw):
                           stderr=subprocess.PIPE, universal_newlines=True, **kw)
 
 
+def stop_processes(processes):
+    """Stop each process by its pid: SIGTERM, then SIGKILL after 5 s; close its stdout."""
+    for proc in processes:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
 def _no_ipv6(ifname):
     sh("sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % ifname, check=False)
 
@@ -61,16 +75,7 @@ class Container:
         return proc
 
     def stop_processes(self):
-        for proc in self.processes:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        stop_processes(self.processes)
         self.processes = []
 
 
@@ -121,6 +126,19 @@ class Lab:
             sh("ip", "link", "del", ctr.host_if, check=False)
             sh("ip", "netns", "del", ctr.netns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
+
+    def attach(self, fds):
+        """Put a compiled datapath's programs (Datapath.fds) on both hooks of every port."""
+        ipr = _netlink.open_route()
+        try:
+            for ctr in self.containers.values():
+                index = ipr.link_lookup(ifname=ctr.host_if)[0]
+                _netlink.add_clsact(ipr, index)
+                for hook in ("ingress", "egress"):
+                    function = _loader.HOOK_PROGRAM[hook]
+                    _netlink.attach(ipr, index, hook, fds[function], function)
+        finally:
+            ipr.close()
 
     def _detach_programs(self):
         ipr = _netlink.open_route()

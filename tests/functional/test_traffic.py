@@ -16,7 +16,6 @@ import time
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
 from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab
 
@@ -29,16 +28,9 @@ def attached():
     """A three-container lab with the program on both hooks of every host-side veth."""
     lab = Lab()
     dp = None
-    ipr = _netlink.open_route()
     try:
         dp = Datapath(sizes={"session_map_size": 8192})
-        for ctr in lab.containers.values():
-            index = ipr.link_lookup(ifname=ctr.host_if)[0]
-            _netlink.add_clsact(ipr, index)
-            _netlink.attach(ipr, index, "ingress", dp.fds["microseg_from_container"],
-                            "microseg_from_container")
-            _netlink.attach(ipr, index, "egress", dp.fds["microseg_to_container"],
-                            "microseg_to_container")
+        lab.attach(dp.fds)
         lab.wait_links()
         for ctr in lab.containers.values():
             ctr.serve("tcp", 5432)
@@ -46,7 +38,6 @@ def attached():
             ctr.serve("udp", 5353)
         yield lab, dp
     finally:
-        ipr.close()
         lab.destroy()
         if dp:
             dp.close()
