@@ -14,6 +14,7 @@ import argparse
 import ctypes
 import os
 import random
+import socket
 import statistics
 import subprocess
 import struct
@@ -50,19 +51,19 @@ def repeat_run(dp, fd, frame, repeat, rounds):
 
 
 def new_flow_run(dp, fd, frames, rounds):
-    """Each frame once (repeat=1): every run is the first packet of a new flow."""
-    keys = [_session_key_of(frame) for frame in frames]
+    """Each frame once (repeat=1): every run is the first packet of a new flow, and every
+    run pays a syscall in between, so caches are as cold as a lone new flow finds them."""
+    keys = [_session_key_of(frame).pack() for frame in frames]
     out = []
     for _round in range(rounds):
-        # Forget only the probe flows: a loaded session map must stay loaded.
-        bpf.map_delete_batch(dp.maps.fd("session_map"), [k.pack() for k in keys],
-                             ctypes.sizeof(_maps.SessionKey))
-        dp.maps.write_pressure(_maps.MapPressure())
+        _reset_pressure(dp)
         total = 0
         for frame in frames:
             _ret, _data, duration = bpf.prog_test_run(fd, frame, repeat=1)
             total += duration
         out.append(total / float(len(frames)))
+        # Forget only the probe flows: a loaded session map must stay loaded.
+        bpf.map_delete_batch(dp.maps.fd("session_map"), keys, ctypes.sizeof(_maps.SessionKey))
     return out
 
 
@@ -74,102 +75,254 @@ def _session_key_of(frame):
                             dst_port=struct.unpack("!H", frame[36:38])[0], protocol=UDP)
 
 
+def _ip_plus(address, offset):
+    return socket.inet_ntoa(struct.pack("!I", struct.unpack("!I", socket.inet_aton(address))[0]
+                                        + offset))
+
+
+class FlowStream:
+    """Flow i of the MS_BENCH entry points: UDP from C:sport_base + i // dst_count to
+    dst_base + i % dst_count, port dport (the C side computes the same in bench_next_flow)."""
+
+    def __init__(self, dst_base, dst_count, sport_base, dport):
+        self.dst_base, self.dst_count = dst_base, dst_count
+        self.sport_base, self.dport = sport_base, dport
+
+    def flow(self, i):
+        return (_ip_plus(self.dst_base, i % self.dst_count),
+                self.sport_base + i // self.dst_count)
+
+    def frame(self, i=0):
+        dst, sport = self.flow(i)
+        return P.udp_frame(C, dst, sport, self.dport)
+
+    def session_keys(self, count):
+        src = _maps.ip_to_u32(C)
+        base = struct.unpack("!I", socket.inet_aton(self.dst_base))[0]
+        key = _maps.SessionKey(src_ip=src, dst_port=self.dport, protocol=UDP)
+        out = []
+        for i in range(count):
+            key.dst_ip = struct.unpack("=I", struct.pack("!I", base + i % self.dst_count))[0]
+            key.src_port = self.sport_base + i // self.dst_count
+            out.append(key.pack())
+        return out
+
+
+# The three new-flow paths, in address space no other bench entry touches.
+EXACT_STREAM = FlowStream("198.18.128.0", 25000, 20000, 5432)   # one exact rule per flow
+CIDR_STREAM = FlowStream("198.18.64.0", 16384, 30000, 53)       # inside 198.18.64.0/18
+DEFAULT_STREAM = FlowStream("198.18.232.0", 4096, 1024, 9)      # matches no rule
+
+
+def streamed_run(dp, fd, stream, flows, rounds, forget=True):
+    """One PROG_TEST_RUN of repeat=flows per round, each repetition a new flow of stream."""
+    slots = bpf.obj_get(os.path.join(dp.pin_path, "bench_flow_map"))
+    keys = stream.session_keys(flows) if forget else []
+    out = []
+    try:
+        base = struct.unpack("!I", socket.inet_aton(stream.dst_base))[0]
+        for _round in range(rounds):
+            for index, value in enumerate((0, base, stream.dst_count, stream.sport_base)):
+                bpf.map_update(slots, struct.pack("=I", index), struct.pack("=I", value))
+            _reset_pressure(dp)
+            _ret, _data, duration = bpf.prog_test_run(fd, stream.frame(), repeat=flows)
+            out.append(float(duration))
+            if keys:
+                bpf.map_delete_batch(dp.maps.fd("session_map"), keys,
+                                     ctypes.sizeof(_maps.SessionKey))
+    finally:
+        bpf.close(slots)
+    return out
+
+
+def _reset_pressure(dp):
+    """Pressure as the monitor would have left it: the live count, nothing else."""
+    live = getattr(dp, "live_sessions", 0)
+    dp.maps.write_pressure(_maps.MapPressure(total_sessions=live))
+
+
 def remote_for(i):
     return "198.%d.%d.%d" % (18 + (i >> 16 & 1), (i >> 8) & 0xff, i & 0xff)
 
 
-def load_full_maps(dp, exact_rules, cidr_rules, sessions, policy_set):
-    """100k exact rules, 10k CIDR rules and 1M sessions, none matching the probe flows."""
-    rng = random.Random(7)
+def _on_each_cpu(chunks, write):
+    """Spread writes over the CPUs: the session map has per-CPU LRU lists, and a map
+    filled from one CPU would leave that CPU's share full and every new flow evicting."""
+    saved = os.sched_getaffinity(0)
+    cpus = []
+    for cpu in bpf.possible_cpus():
+        try:
+            os.sched_setaffinity(0, {cpu})   # possible is not online: keep those we can use
+            cpus.append(cpu)
+        except OSError:
+            pass
+    try:
+        for index, chunk in enumerate(chunks):
+            os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+            write(chunk)
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def load_exact_rules(dp, count):
     pairs = []
-    for i in range(exact_rules):
-        key = _maps.PolicyKey(src_ip=_maps.ip_to_u32("198.19.%d.%d" % (i >> 8 & 0xff, i & 0xff)),
-                              dst_ip=_maps.ip_to_u32("198.19.250.%d" % (i % 250)),
-                              src_port=1024 + (i % 60000), dst_port=443, protocol=6,
-                              direction=0, policy_set=policy_set)
-        pairs.append((key, _maps.PolicyValue(policy_id=i + 1, action=0)))
+    for i in range(count):
+        dst, sport = EXACT_STREAM.flow(i)
+        key = _maps.PolicyKey(src_ip=_maps.ip_to_u32(C), dst_ip=_maps.ip_to_u32(dst),
+                              src_port=sport, dst_port=EXACT_STREAM.dport, protocol=UDP,
+                              direction=0, policy_set=dp.policy_set)
+        pairs.append((key, _maps.PolicyValue(policy_id=1000 + i, action=0)))
     dp.maps.update_many("policy_map", pairs)
+
+
+def load_cidr_rules(dp, count):
+    """count /28 rules in 198.19.0.0/16 (final allow), none covering a probe flow."""
     pairs = []
-    for i in range(cidr_rules):
-        key = _maps.LpmKey(prefixlen=32 + 28, class_id=(policy_set << 1),
+    for i in range(count):
+        key = _maps.LpmKey(prefixlen=32 + 28, class_id=(dp.policy_set << 1),
                            ip=_maps.ip_to_u32("198.19.%d.%d" % ((i >> 4) & 0xff, (i & 0xf) << 4)))
         pairs.append((key, _maps.RangeValue(policy_id=200000 + i, action=0,
                                             flags=_maps.RANGE_FLAG_FINAL)))
     dp.maps.update_many("ip_range_map", pairs)
+
+
+def load_sessions(dp, count):
+    """count sessions from 198.19.x.y peers, none a probe flow, spread over the CPUs."""
+    rng = random.Random(7)
+    chunks = []
     pairs = []
-    for i in range(sessions):
+    for i in range(count):
         key = _maps.SessionKey(src_ip=_maps.ip_to_u32("198.19.%d.%d" % (rng.randrange(256), rng.randrange(256))),
                                dst_ip=_maps.ip_to_u32("198.18.%d.%d" % (i >> 8 & 0xff, i & 0xff)),
                                src_port=i & 0xffff, dst_port=(i >> 16) + 1, protocol=UDP)
         pairs.append((key, _maps.SessionValue(packets=1)))
         if len(pairs) >= 100000:
-            dp.maps.update_many("session_map", pairs)
+            chunks.append(pairs)
             pairs = []
     if pairs:
-        dp.maps.update_many("session_map", pairs)
+        chunks.append(pairs)
+    _on_each_cpu(chunks, lambda chunk: dp.maps.update_many("session_map", chunk))
+    dp.live_sessions = dp.maps.count("session_map")
 
 
 def datapath_section(args):
     sizes = {"policy_map_size": 100000 * 2, "range_map_size": 10000 * 2,
              "session_map_size": 1000000 * 2 if args.full else 1000000,
              "rule_stats_size": 262144}
-    dp = Datapath(sizes=sizes, functions=list(_loader.PROGRAMS) + ["microseg_noop"])
+    dp = Datapath(sizes=sizes, functions=list(_loader.PROGRAMS) + [
+        "microseg_noop", "microseg_bench_new_flow", "microseg_bench_floor"],
+        defines=("MS_BENCH",))
     rows = []
     try:
         egress = dp.fds["microseg_from_container"]
         noop = dp.fds["microseg_noop"]
-        flows = args.flows
-        for loaded in ([False, True] if args.full else [False]):
+        stream_fd = dp.fds["microseg_bench_new_flow"]
+        stream_floor_fd = dp.fds["microseg_bench_floor"]
+        # Streaming exact-rule flows needs one rule per flow, so the small policy has
+        # --flows exact rules; its CIDR path has 10 rules.
+        states = [("small policy", args.flows, 9, 0)]
+        if args.full:
+            states.append(("full maps", 100000, 10000, 1000000))
+        for state, exact_rules, cidr_rules, sessions in states:
             dp.reset()
-            state = "full maps" if loaded else "empty maps"
-            if loaded:
-                started = time.time()
-                load_full_maps(dp, 100000, 10000, 1000000, dp.policy_set)
-                print("  loaded 100k exact, 10k CIDR, 1M sessions in %.1f s"
-                      % (time.time() - started), file=sys.stderr)
-                dp.maps.update("config_map", _maps.U32(0), _fresh_config(dp))
-            # Rules the probe flows hit.
-            dp.add_exact(C, "198.18.2.1", 40000, 5432, UDP, "egress", "allow", policy_id=7)
-            for i in range(flows):
-                dp.add_exact(C, remote_for(i), 20000 + (i % 20000), 5432, UDP, "egress", "allow",
-                             policy_id=8)
+            dp.live_sessions = 0
+            started = time.time()
+            load_exact_rules(dp, exact_rules)
+            load_cidr_rules(dp, cidr_rules)
+            # The rule CIDR_STREAM's flows hit: the 10th (or 10,001st) CIDR rule.
             dp.add_remote_cidr("198.18.64.0/18", "egress", "allow", policy_id=9)
+            if sessions:
+                load_sessions(dp, sessions)
+            # Pressure levels on, at the role's defaults (80% / 95% of the map).
+            cfg = _fresh_config(dp)
+            cfg.pressure_warn_sessions = cfg.session_max * 80 // 100
+            cfg.pressure_crit_sessions = cfg.session_max * 95 // 100
+            dp.maps.write_config(cfg)
+            print("  %s: %d exact, %d CIDR rules, %d sessions loaded in %.1f s"
+                  % (state, exact_rules, cidr_rules + 1, dp.live_sessions,
+                     time.time() - started), file=sys.stderr)
 
+            dp.add_exact(C, "198.18.2.1", 40000, 5432, UDP, "egress", "allow", policy_id=7)
             frame = P.udp_frame(C, "198.18.2.1", 40000, 5432)
             dp.egress(frame)   # creates the session
             empty = repeat_run(dp, noop, frame, args.repeat, args.rounds)
             hit = repeat_run(dp, egress, frame, args.repeat, args.rounds)
-            exact_frames = [P.udp_frame(C, remote_for(i), 20000 + (i % 20000), 5432)
-                            for i in range(flows)]
-            cidr_frames = [P.udp_frame(C, "198.18.%d.%d" % (64 + (i >> 8) % 64, i & 0xff),
-                                       30000 + (i % 30000), 53) for i in range(flows)]
-            default_frames = [P.udp_frame(C, "198.18.200.%d" % (i & 0xff), 1 + i, 9)
-                              for i in range(flows)]
-            exact = new_flow_run(dp, egress, exact_frames, args.rounds)
-            cidr = new_flow_run(dp, egress, cidr_frames, args.rounds)
-            default = new_flow_run(dp, egress, default_frames, args.rounds)
-            # A single run also pays the timer; this is the floor for the new-flow rows.
-            single_floor = new_flow_run(dp, noop, default_frames[:2000], args.rounds)
+            flows = min(args.stream, args.repeat)
+            stream_floor = streamed_run(dp, stream_floor_fd, DEFAULT_STREAM, flows, args.rounds,
+                                        forget=False)
+            exact = streamed_run(dp, stream_fd, EXACT_STREAM, exact_rules, args.rounds)
+            cidr = streamed_run(dp, stream_fd, CIDR_STREAM, flows, args.rounds)
+            default = streamed_run(dp, stream_fd, DEFAULT_STREAM, flows, args.rounds)
             # Decision without the session insert: critical pressure passes it untracked.
             cfg = dp.maps.config()
+            warn, crit = cfg.pressure_warn_sessions, cfg.pressure_crit_sessions
             cfg.pressure_warn_sessions = cfg.pressure_crit_sessions = 1
             dp.maps.write_config(cfg)
-            decide_only = new_flow_run(dp, egress, default_frames, args.rounds)
-            cfg.pressure_warn_sessions = cfg.pressure_crit_sessions = 0
+            decide_only = streamed_run(dp, stream_fd, DEFAULT_STREAM, flows, args.rounds,
+                                       forget=False)
+            cfg.pressure_warn_sessions, cfg.pressure_crit_sessions = warn, crit
             dp.maps.write_config(cfg)
+            # One packet per syscall: what a lone new flow pays with cold caches.
+            lone = [EXACT_STREAM.frame(i) for i in range(min(exact_rules, 20000))]
+            single_floor = new_flow_run(dp, noop, lone, args.rounds)
+            cold = new_flow_run(dp, egress, lone, args.rounds)
+
             floor = statistics.median(empty)
-            for name, values in (("empty program (floor)", empty), ("session hit", hit),
-                                 ("empty program, single run (floor)", single_floor),
-                                 ("new flow, exact rule", exact), ("new flow, CIDR rule", cidr),
-                                 ("new flow, default action", default),
-                                 ("new flow, default, no session insert", decide_only)):
+            stream_base = statistics.median(stream_floor)
+            for name, values, base in (
+                    ("empty program (floor)", empty, floor),
+                    ("session hit", hit, floor),
+                    ("flow-stream floor (rewrite only)", stream_floor, stream_base),
+                    ("new flow, exact rule (%s rules)" % "{:,}".format(exact_rules), exact,
+                     stream_base),
+                    ("new flow, CIDR rule (%s rules)" % "{:,}".format(cidr_rules + 1), cidr,
+                     stream_base),
+                    ("new flow, default action", default, stream_base),
+                    ("new flow, default, no session insert", decide_only, stream_base),
+                    ("one packet per syscall: floor", single_floor,
+                     statistics.median(single_floor)),
+                    ("one packet per syscall: new flow, exact", cold,
+                     statistics.median(single_floor))):
                 med, spread = fmt(median_spread(values))
                 rows.append((state, name, med, spread,
-                             "%.1fx" % (statistics.median(values) / floor if floor else 0)))
-            if loaded:
+                             "%.1fx" % (statistics.median(values) / floor if floor else 0),
+                             "%.1f" % (statistics.median(values) - base)))
+            if args.full and sessions:
                 READ_BACK_ROWS.extend(read_back_rows(dp, args.rounds))
     finally:
         dp.close()
+    return rows
+
+
+def new_flow_breakdown(args):
+    """The same default-action stream with small and full-size hash maps.
+
+    A new flow touches a random bucket of session_map (the miss, then the insert) and of
+    policy_map (the exact lookup). Small maps keep those buckets in cache; full-size ones
+    do not, so the difference is what the cache and TLB misses cost on this machine.
+    """
+    flows = min(args.stream, args.repeat)
+    rounds = max(3, args.rounds)
+    rows = []
+    for sessions, rules in ((4096, 4096), (4096, 200000), (2000000, 4096), (2000000, 200000)):
+        dp = Datapath(sizes={"policy_map_size": rules, "range_map_size": 1024,
+                             "session_map_size": sessions, "rule_stats_size": 4096},
+                      functions=["microseg_bench_new_flow", "microseg_bench_floor"],
+                      defines=("MS_BENCH",))
+        try:
+            dp.live_sessions = 0
+            load_exact_rules(dp, 1000)
+            floor = statistics.median(streamed_run(dp, dp.fds["microseg_bench_floor"],
+                                                   DEFAULT_STREAM, flows, rounds, forget=False))
+            full = statistics.median(streamed_run(dp, dp.fds["microseg_bench_new_flow"],
+                                                  DEFAULT_STREAM, flows, rounds))
+            dp.set_config(pressure_warn_sessions=1, pressure_crit_sessions=1)
+            decide = statistics.median(streamed_run(dp, dp.fds["microseg_bench_new_flow"],
+                                                    DEFAULT_STREAM, flows, rounds, forget=False))
+        finally:
+            dp.close()
+        rows.append(("{:,}".format(sessions), "{:,}".format(rules), "%.0f" % (decide - floor),
+                     "%.0f" % (full - decide), "%.0f" % (full - floor)))
     return rows
 
 
@@ -260,7 +413,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=1000000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--flows", type=int, default=20000)
+    parser.add_argument("--flows", type=int, default=20000,
+                        help="exact rules without --full (each streamed flow needs its own)")
+    parser.add_argument("--stream", type=int, default=200000,
+                        help="new flows per PROG_TEST_RUN on the CIDR and default paths")
     parser.add_argument("--full", action="store_true", help="also with 100k/10k/1M loaded")
     parser.add_argument("--skip-control", action="store_true")
     parser.add_argument("--skip-fleet", action="store_true", help="no lab fleet sections")
@@ -269,11 +425,19 @@ def main():
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     sections = []
-    print("data plane: BPF_PROG_TEST_RUN, repeat=%d x %d rounds, %d new flows per round"
-          % (args.repeat, args.rounds, args.flows), file=sys.stderr)
+    print("data plane: BPF_PROG_TEST_RUN, repeat=%d x %d rounds, up to %d new flows per run"
+          % (args.repeat, args.rounds, min(args.stream, args.repeat)), file=sys.stderr)
     rows = datapath_section(args)
     sections.append(("Data plane, ns per packet (median, min-max over rounds)",
-                     table(("maps", "path", "ns/pkt", "spread", "vs floor"), rows)))
+                     table(("maps", "path", "ns/pkt", "spread", "vs floor",
+                            "ns above its floor"), rows)))
+    if args.full:
+        print("data plane: new-flow cost with small and full-size maps", file=sys.stderr)
+        sections.append((
+            "Where a new flow's time goes: ns above the stream floor, default-action flows, "
+            "by hash map size (buckets in cache or not)",
+            table(("session_map entries", "policy_map entries", "decide (no insert)",
+                   "session insert", "new flow"), new_flow_breakdown(args))))
     if READ_BACK_ROWS:
         sections.append(("Reading the data plane back with 1M sessions, seconds",
                          table(("what", "sessions", "seconds (median, min-max)"),

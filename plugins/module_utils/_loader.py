@@ -38,7 +38,8 @@ PROGRAMS = {
 HOOK_PROGRAM = dict((hook, fn) for fn, (_pin, hook) in PROGRAMS.items())
 META_MAP = "microseg_meta"
 # Pinned by other parts of the collection, removed with the rest on state=absent.
-OTHER_PINS = ("policy_source",)
+# bench_flow_map exists only in the MS_BENCH build (bench/run.py).
+OTHER_PINS = ("policy_source", "bench_flow_map")
 META_VALUE_SIZE = 65536
 LOADER_VERSION = "1"
 
@@ -320,10 +321,11 @@ def migrate_maps(pin_path, names):
 
 # ---- compile and load ------------------------------------------------------------------
 
-def compile_and_load(sources, pin_path, sizes, headers, functions=None):
+def compile_and_load(sources, pin_path, sizes, headers, functions=None, defines=()):
     """Compile with BCC, creating or reusing the pinned maps; return program fds.
 
-    functions defaults to the two attachable programs; benchmarks also load microseg_noop.
+    functions defaults to the two attachable programs; benchmarks also load microseg_noop,
+    and with defines=("MS_BENCH",) the bench-only entry points.
     Returns (fds by function name, seconds). The caller owns the fds.
     """
     try:
@@ -343,7 +345,8 @@ def compile_and_load(sources, pin_path, sizes, headers, functions=None):
             os.environ[key] = value
         try:
             module = BPF(src_file=os.path.join(workdir, "microseg.bpf.c").encode(),
-                         cflags=cflags_for(pin_path, sizes, workdir))
+                         cflags=cflags_for(pin_path, sizes, workdir)
+                         + ["-D%s" % name for name in defines])
         except Exception as exc:
             raise LoaderError("BCC failed to compile microseg.bpf.c with %s headers at %s: %s"
                               % (headers["kind"], headers["path"], exc))

@@ -43,7 +43,7 @@ def new_pin_path(tag="dp"):
 class Datapath:
     """One compiled instance of files/bpf/microseg.bpf.c with its own pinned maps."""
 
-    def __init__(self, sizes=None, pin_path=None, functions=None):
+    def __init__(self, sizes=None, pin_path=None, functions=None, defines=()):
         self.sizes = dict(SMALL_SIZES)
         self.sizes.update(sizes or {})
         self.pin_path = pin_path or new_pin_path()
@@ -51,7 +51,7 @@ class Datapath:
         self.sources = _loader.read_sources(BPF_DIR)
         self.headers = _loader.find_kernel_headers()
         self.fds, self.compile_seconds = _loader.compile_and_load(
-            self.sources, self.pin_path, self.sizes, self.headers, functions)
+            self.sources, self.pin_path, self.sizes, self.headers, functions, defines)
         self.maps = _maps.PinnedMaps(self.pin_path)
         self.reset()
 
