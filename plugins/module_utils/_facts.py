@@ -21,16 +21,16 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 HOOKS = ("ingress", "egress")
 
 
-def attachment(ipr):
+def attachment(ipr, pin_path):
     """{interface: {hook: {prog_id, tag, program}}} for every link carrying our filter."""
     out = {}
     for link in _netlink.list_links(ipr):
         hooks = {}
         for hook in HOOKS:
-            entry = _netlink.our_filter(ipr, link["index"], hook)
+            entry = _netlink.our_filter(ipr, link["index"], hook, pin_path)
             if entry:
                 hooks[hook] = {"prog_id": entry["prog_id"], "tag": entry["tag"],
-                               "program": entry["name"]}
+                               "program": (entry["name"] or "").split("@", 1)[0] or None}
         if hooks:
             out[link["name"]] = hooks
     return out
@@ -148,7 +148,7 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=
         "pin_path": pin_path,
         "installed": False,
         "kernel": platform.release(),
-        "interfaces": attachment(ipr),
+        "interfaces": attachment(ipr, pin_path),
     }
     if not os.path.exists(os.path.join(pin_path, "config_map")):
         facts["versions"] = {"kernel": platform.release(), "bcc": None, "source_sha256": None,

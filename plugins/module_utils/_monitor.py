@@ -455,7 +455,7 @@ class Monitor:
             "expired": self.expired,
             "policy_generation": config.policy_epoch if config else 0,
             "rules": self._rules(config),
-            "attached": len(_facts.attachment(self.ipr)) if self.ipr is not None else 0,
+            "attached": len(_facts.attachment(self.ipr, self.options.pin_path)) if self.ipr is not None else 0,
             "events_written": self.events_written,
             "tick_seconds": self.tick_seconds,
         }
@@ -537,12 +537,18 @@ class Monitor:
         try:
             if not _netlink.has_clsact(self.ipr, link["index"]):
                 _netlink.add_clsact(self.ipr, link["index"])
+            pin_path = self.options.pin_path
             for hook in hooks:
-                if _netlink.our_filter(self.ipr, link["index"], hook):
+                if _netlink.our_filter(self.ipr, link["index"], hook, pin_path):
+                    continue
+                holder = _netlink.slot_holder(self.ipr, link["index"], hook, pin_path)
+                if holder:
+                    self.say("%s %s is held by the instance at %s: left alone"
+                             % (link["name"], hook, holder))
                     continue
                 function = _loader.HOOK_PROGRAM[hook]
                 _netlink.attach(self.ipr, link["index"], hook, self.plane.programs[function],
-                                function)
+                                _netlink.filter_name(function, pin_path))
                 added.append(hook)
         except Exception as exc:  # pylint: disable=broad-except
             # The link may vanish between the event and the attach (containers are short-lived).

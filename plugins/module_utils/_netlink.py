@@ -130,8 +130,29 @@ def del_clsact(ipr, index):
     ipr.tc("del", "clsact", index)
 
 
-def hook_filters(ipr, index, hook):
-    """Filters on one hook: [{prio, handle, kind, name, prog_id, tag, ours}]."""
+def filter_name(function, pin_path):
+    """The name our filters carry: the program and the pin directory of its instance.
+
+    Every instance uses the same priority and handle, so the name is what tells two
+    instances in one network namespace apart.
+    """
+    return "%s@%s" % (function, pin_path.rstrip("/"))
+
+
+def filter_owner(name):
+    """The pin directory a filter name records; None for a name without one."""
+    if not name or "@" not in name:
+        return None
+    return name.split("@", 1)[1]
+
+
+def hook_filters(ipr, index, hook, pin_path=None):
+    """Filters on one hook: [{prio, handle, kind, name, prog_id, tag, owner, ours, held_by}].
+
+    A BPF filter at our priority and handle is ours when its name records pin_path, or
+    records none (attached before names carried the pin directory); held_by is the pin
+    directory of another instance holding our slot. Without pin_path any such filter is ours.
+    """
     out = []
     for msg in ipr.get_filters(index=index, parent=PARENTS[hook]):
         options = msg.get_attr("TCA_OPTIONS")
@@ -145,16 +166,27 @@ def hook_filters(ipr, index, hook):
             entry["prog_id"] = options.get_attr("TCA_BPF_ID")
             tag = options.get_attr("TCA_BPF_TAG")
             entry["tag"] = "".join("%02x" % b for b in tag) if tag else None
-        entry["ours"] = (kind == "bpf" and entry["prio"] == FILTER_PRIO and
-                         entry["handle"] == FILTER_HANDLE)
+        slot = kind == "bpf" and entry["prio"] == FILTER_PRIO and entry["handle"] == FILTER_HANDLE
+        entry["owner"] = filter_owner(entry["name"]) if slot else None
+        mine = pin_path is None or entry["owner"] in (None, pin_path.rstrip("/"))
+        entry["ours"] = slot and mine
+        entry["held_by"] = entry["owner"] if slot and not mine else None
         out.append(entry)
     return out
 
 
-def our_filter(ipr, index, hook):
-    for entry in hook_filters(ipr, index, hook):
+def our_filter(ipr, index, hook, pin_path=None):
+    for entry in hook_filters(ipr, index, hook, pin_path):
         if entry["ours"]:
             return entry
+    return None
+
+
+def slot_holder(ipr, index, hook, pin_path):
+    """The pin directory of another instance whose filter sits in our slot, or None."""
+    for entry in hook_filters(ipr, index, hook, pin_path):
+        if entry["held_by"]:
+            return entry["held_by"]
     return None
 
 

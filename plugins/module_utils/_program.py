@@ -121,16 +121,19 @@ def gather(params, ipr):
             for key, value in pinned.items("endpoint_map"):
                 endpoints[key.value] = _maps.u32_to_ip(value.ip)
     state["endpoints"] = endpoints
-    attached = {}
+    attached, held = {}, {}
     for link in state["links"]:
         hooks = {}
         for hook in HOOKS:
-            entry = _netlink.our_filter(ipr, link["index"], hook)
-            if entry:
-                hooks[hook] = entry
+            for entry in _netlink.hook_filters(ipr, link["index"], hook, pin_path):
+                if entry["ours"]:
+                    hooks[hook] = entry
+                elif entry["held_by"]:
+                    held.setdefault(link["name"], {})[hook] = entry["held_by"]
         if hooks:
             attached[link["name"]] = hooks
     state["attached"] = attached
+    state["held"] = held   # our slot, another instance's filter
     return state
 
 
@@ -156,6 +159,15 @@ def plan(params, sources, current, sizes):
         return actions, before, after, result
 
     selected = _netlink.select_interfaces(current["links"], params["interfaces"], params["bridge"])
+    held = current.get("held") or {}
+    for name in selected:
+        taken = sorted((hook, held[name][hook]) for hook in params["hooks"]
+                       if hook in held.get(name, {}))
+        if taken:
+            raise ProgramError(
+                "interfaces: %s %s hook is held by the microseg instance pinned at %s; "
+                "remove it there (state=absent) or leave %s out of this selection"
+                % (name, taken[0][0], taken[0][1], name))
     hooks = sorted(set(params["hooks"]))
     key = _loader.cache_key(sources, pin_path, sizes)
     result["cache_key"] = key
@@ -321,7 +333,8 @@ def apply(params, sources, current, actions, sizes, headers_fn, ipr):
                         clsact_added.add(act["interface"])
                     continue
                 function = _loader.HOOK_PROGRAM[act["hook"]]
-                _netlink.attach(ipr, index, act["hook"], fds[function], function)
+                _netlink.attach(ipr, index, act["hook"], fds[function],
+                                _netlink.filter_name(function, pin_path))
                 switched.append(act)
         except Exception:
             _roll_back(ipr, links, switched, pin_path)
@@ -342,7 +355,8 @@ def apply(params, sources, current, actions, sizes, headers_fn, ipr):
 
         attached_now = {}
         for link in _netlink.list_links(ipr):
-            hooks = [hook for hook in HOOKS if _netlink.our_filter(ipr, link["index"], hook)]
+            hooks = [hook for hook in HOOKS
+                     if _netlink.our_filter(ipr, link["index"], hook, pin_path)]
             if hooks:
                 attached_now[link["name"]] = hooks
         meta["interfaces"] = attached_now
@@ -384,7 +398,8 @@ def _roll_back(ipr, links, switched, pin_path):
             function = _loader.HOOK_PROGRAM[act["hook"]]
             index = links[act["interface"]]["index"]
             if act["action"] == "replace" and function in old:
-                _netlink.attach(ipr, index, act["hook"], old[function], function)
+                _netlink.attach(ipr, index, act["hook"], old[function],
+                                _netlink.filter_name(function, pin_path))
             elif act["action"] == "attach":
                 _netlink.detach(ipr, index, act["hook"])
     finally:
@@ -422,4 +437,4 @@ def describe(params, ipr):
     programs = _loader.pinned_program_info(pin_path) if os.path.isdir(pin_path) else {}
     progs = dict((fn, {"id": info["id"], "tag": info["tag"], "name": info.get("name")})
                  for fn, info in programs.items())
-    return _facts.attachment(ipr), progs
+    return _facts.attachment(ipr, pin_path), progs

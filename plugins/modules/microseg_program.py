@@ -151,6 +151,10 @@ options:
 notes:
   - Until a policy is converged with M(ebpf.microseg.microseg_policy) the default action in
     both directions is C(allow), so attaching never cuts a host off by itself.
+  - Every instance attaches at TC priority 1, handle 0x6d73, and names its filters
+    C(<program>@<pin_path>). Several instances (different O(pin_path)) can share a network
+    namespace on different interfaces; a run that selects an interface another instance holds
+    fails and names that instance's pin path, and O(state=absent) detaches only its own filters.
 """
 
 EXAMPLES = r"""

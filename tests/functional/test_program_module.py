@@ -389,3 +389,43 @@ def test_anti_spoofing_drops_foreign_source_addresses(lab):
     assert a.run(sys.executable, "-c", send % (spoofed, b.address)).stdout.strip() == "ok"
     bad = run_playbook([program_task(pin, lab, endpoints={a.host_if: "300.1.1.1"})])
     assert bad.rc != 0 and "endpoints" in bad.task()["msg"]
+
+
+def test_two_instances_in_one_namespace_leave_each_other_alone(lab):
+    """Both instances use the same priority and handle; the filter name tells them apart."""
+    lab, pin = lab
+    other_lab = Lab(subnet="198.18.105", names=("c",))
+    other_pin = new_pin_path("mod2")
+    try:
+        assert run_playbook([program_task(pin, lab)]).rc == 0
+        assert run_playbook([program_task(other_pin, other_lab)]).rc == 0
+        mine, theirs = attachments(lab), attachments(other_lab)
+        assert all(hooks["ingress"] and hooks["egress"] for hooks in theirs.values())
+
+        # Converging one instance again neither counts nor touches the other's filters.
+        again = run_playbook([program_task(pin, lab)])
+        assert again.rc == 0 and again.task()["changed"] is False, again.stdout
+        assert sorted(again.task()["interfaces"]) == sorted(mine)
+        facts = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin)
+        assert sorted(facts.task()["ansible_facts"]["microseg"]["interfaces"]) == sorted(mine)
+
+        # Selecting the other instance's interface is refused before anything changes.
+        theirs_if = list(theirs)[0]
+        grab = run_playbook([program_task(pin, lab, bridge=None,
+                                          interfaces=sorted(mine) + [theirs_if])])
+        assert grab.rc != 0
+        message = grab.task()["msg"]
+        assert theirs_if in message and other_pin in message, message
+        assert attachments(other_lab) == theirs and attachments(lab) == mine
+
+        # Removing one instance detaches its own filters only.
+        gone = run_playbook([{"ebpf.microseg.microseg_program": {"state": "absent",
+                                                                 "pin_path": pin}}])
+        assert gone.rc == 0 and gone.task()["changed"] is True
+        assert all(h == {"ingress": None, "egress": None, "clsact": False}
+                   for h in attachments(lab).values())
+        assert attachments(other_lab) == theirs
+    finally:
+        run_playbook([{"ebpf.microseg.microseg_program": {"state": "absent",
+                                                          "pin_path": other_pin}}])
+        other_lab.destroy(pin_path=other_pin)
