@@ -409,6 +409,34 @@ def table(headers, rows):
     return "\n".join(out)
 
 
+class Results:
+    """bench/results.md, rewritten after every section: a failure late in a 20-minute run
+    keeps what was measured before it. Each section is printed as it completes."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sections = []
+        self.footer = "incomplete: the run stopped or is still going"
+        self._write()
+
+    def add(self, section):
+        title, body = section
+        self.sections.append(section)
+        print("## %s\n\n%s\n" % (title, body), flush=True)
+        self._write()
+
+    def finish(self, seconds):
+        self.footer = "complete in %d min %02d s" % (seconds // 60, seconds % 60)
+        print(self.footer)
+        self._write()
+
+    def _write(self):
+        text = "\n\n".join("## %s\n\n%s" % (title, body) for title, body in self.sections)
+        with open(self.path, "w") as handle:
+            handle.write("# make bench results\n\n%s\n\nkernel %s, %d CPUs; %s\n"
+                         % (text, os.uname().release, len(bpf.possible_cpus()), self.footer))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=1000000)
@@ -424,50 +452,51 @@ def main():
     args = parser.parse_args()
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    sections = []
+    started = time.time()
+    results = Results(os.path.join(HERE, "results.md"))
     print("data plane: BPF_PROG_TEST_RUN, repeat=%d x %d rounds, up to %d new flows per run"
           % (args.repeat, args.rounds, min(args.stream, args.repeat)), file=sys.stderr)
     rows = datapath_section(args)
-    sections.append(("Data plane, ns per packet (median, min-max over rounds)",
-                     table(("maps", "path", "ns/pkt", "spread", "vs floor",
-                            "ns above its floor"), rows)))
+    results.add(("Data plane, ns per packet (median, min-max over rounds)",
+                 table(("maps", "path", "ns/pkt", "spread", "vs floor",
+                        "ns above its floor"), rows)))
     if args.full:
         print("data plane: new-flow cost with small and full-size maps", file=sys.stderr)
-        sections.append((
+        results.add((
             "Where a new flow's time goes: ns above the stream floor, default-action flows, "
             "by hash map size (buckets in cache or not)",
             table(("session_map entries", "policy_map entries", "decide (no insert)",
                    "session insert", "new flow"), new_flow_breakdown(args))))
     if READ_BACK_ROWS:
-        sections.append(("Reading the data plane back with 1M sessions, seconds",
-                         table(("what", "sessions", "seconds (median, min-max)"),
-                               READ_BACK_ROWS)))
+        results.add(("Reading the data plane back with 1M sessions, seconds",
+                     table(("what", "sessions", "seconds (median, min-max)"),
+                           READ_BACK_ROWS)))
     if not args.skip_control:
         print("control plane: ansible-playbook on localhost", file=sys.stderr)
         rows = control_section(args)
-        sections.append(("Control plane, wall seconds",
-                         table(("run", "seconds", "compile s"), rows)))
+        results.add(("Control plane, wall seconds",
+                     table(("run", "seconds", "compile s"), rows)))
         print("control plane: microseg_policy converge at 100k exact + 10k CIDR rules",
               file=sys.stderr)
         from ansible_collections.ebpf.microseg.bench.converge import converge_rows
-        sections.append(("microseg_policy converge (module code path), wall seconds",
-                         table(("run", "seconds", "entries moved", "changed"),
-                               converge_rows())))
+        results.add(("microseg_policy converge (module code path), wall seconds",
+                     table(("run", "seconds", "entries moved", "changed"),
+                           converge_rows())))
     if READ_BACK_ROWS:
         print("control plane: microseg-monitor CPU and memory", file=sys.stderr)
         from ansible_collections.ebpf.microseg.bench import monitor as monitor_bench
-        sections.append(("microseg-monitor CPU and memory",
-                         table(("state", "CPU % of one core", "RSS MiB", "sessions"),
-                               monitor_bench.rows())))
+        results.add(("microseg-monitor CPU and memory",
+                     table(("state", "CPU % of one core", "RSS MiB", "sessions"),
+                           monitor_bench.rows())))
     if not args.skip_fleet:
         print("control plane: site.yml on the lab fleet (3 and 10 hosts), iptables comparison",
               file=sys.stderr)
         from ansible_collections.ebpf.microseg.bench import fleet as fleet_bench
-        sections.append(("site.yml on the lab fleet, wall seconds",
-                         table(("run", "seconds", "changed tasks"), fleet_bench.site_rows([3, 10]))))
-        sections.append(("Pushing R rules: microseg_policy vs ansible.builtin.iptables, wall seconds",
-                         table(("contender", "first run", "re-run", "changed on re-run"),
-                               fleet_bench.policy_rows([10, 100, 1000], 100))))
+        results.add(("site.yml on the lab fleet, wall seconds",
+                     table(("run", "seconds", "changed tasks"), fleet_bench.site_rows([3, 10]))))
+        results.add(("Pushing R rules: microseg_policy vs ansible.builtin.iptables, wall seconds",
+                     table(("contender", "first run", "re-run", "changed on re-run"),
+                           fleet_bench.policy_rows([10, 100, 1000], 100))))
     if not args.skip_traffic and os.path.exists(os.path.join(HERE, "traffic.py")):
         print("data plane: real traffic against iptables and nftables", file=sys.stderr)
         subprocess.run([sys.executable, os.path.join(HERE, "traffic.py")], check=True)
@@ -475,12 +504,8 @@ def main():
             body = handle.read()
         # traffic.md carries its own "## " title; keep it as the section's title.
         title, _newline, rest = body.partition("\n")
-        sections.append((title.lstrip("# ").strip(), rest.strip()))
-    text = "\n\n".join("## %s\n\n%s" % (title, body) for title, body in sections)
-    print(text)
-    with open(os.path.join(HERE, "results.md"), "w") as handle:
-        handle.write("# make bench results\n\n%s\n\nkernel %s, %d CPUs\n"
-                     % (text, os.uname().release, len(bpf.possible_cpus())))
+        results.add((title.lstrip("# ").strip(), rest.strip()))
+    results.finish(time.time() - started)
 
 
 if __name__ == "__main__":
