@@ -75,35 +75,32 @@ def _session_key_of(frame):
                             dst_port=struct.unpack("!H", frame[36:38])[0], protocol=UDP)
 
 
-def _ip_plus(address, offset):
-    return socket.inet_ntoa(struct.pack("!I", struct.unpack("!I", socket.inet_aton(address))[0]
-                                        + offset))
-
-
 class FlowStream:
     """Flow i of the MS_BENCH entry points: UDP from C:sport_base + i // dst_count to
     dst_base + i % dst_count, port dport (the C side computes the same in bench_next_flow)."""
 
     def __init__(self, dst_base, dst_count, sport_base, dport):
-        self.dst_base, self.dst_count = dst_base, dst_count
-        self.sport_base, self.dport = sport_base, dport
+        self.dst_base = struct.unpack("!I", socket.inet_aton(dst_base))[0]   # host order
+        self.dst_count, self.sport_base, self.dport = dst_count, sport_base, dport
+
+    def flow_numbers(self, i):
+        """(destination as a host-order number, source port) of flow i."""
+        return self.dst_base + i % self.dst_count, self.sport_base + i // self.dst_count
 
     def flow(self, i):
-        return (_ip_plus(self.dst_base, i % self.dst_count),
-                self.sport_base + i // self.dst_count)
+        dst, sport = self.flow_numbers(i)
+        return socket.inet_ntoa(struct.pack("!I", dst)), sport
 
     def frame(self, i=0):
         dst, sport = self.flow(i)
         return P.udp_frame(C, dst, sport, self.dport)
 
     def session_keys(self, count):
-        src = _maps.ip_to_u32(C)
-        base = struct.unpack("!I", socket.inet_aton(self.dst_base))[0]
-        key = _maps.SessionKey(src_ip=src, dst_port=self.dport, protocol=UDP)
+        key = _maps.SessionKey(src_ip=_maps.ip_to_u32(C), dst_port=self.dport, protocol=UDP)
         out = []
         for i in range(count):
-            key.dst_ip = struct.unpack("=I", struct.pack("!I", base + i % self.dst_count))[0]
-            key.src_port = self.sport_base + i // self.dst_count
+            dst, key.src_port = self.flow_numbers(i)
+            key.dst_ip = struct.unpack("=I", struct.pack("!I", dst))[0]
             out.append(key.pack())
         return out
 
@@ -120,9 +117,9 @@ def streamed_run(dp, fd, stream, flows, rounds, forget=True):
     keys = stream.session_keys(flows) if forget else []
     out = []
     try:
-        base = struct.unpack("!I", socket.inet_aton(stream.dst_base))[0]
         for _round in range(rounds):
-            for index, value in enumerate((0, base, stream.dst_count, stream.sport_base)):
+            for index, value in enumerate((0, stream.dst_base, stream.dst_count,
+                                           stream.sport_base)):
                 bpf.map_update(slots, struct.pack("=I", index), struct.pack("=I", value))
             _reset_pressure(dp)
             _ret, _data, duration = bpf.prog_test_run(fd, stream.frame(), repeat=flows)
@@ -139,10 +136,6 @@ def _reset_pressure(dp):
     """Pressure as the monitor would have left it: the live count, nothing else."""
     live = getattr(dp, "live_sessions", 0)
     dp.maps.write_pressure(_maps.MapPressure(total_sessions=live))
-
-
-def remote_for(i):
-    return "198.%d.%d.%d" % (18 + (i >> 16 & 1), (i >> 8) & 0xff, i & 0xff)
 
 
 def _on_each_cpu(chunks, write):

@@ -30,7 +30,7 @@ def attachment(ipr, pin_path):
             entry = _netlink.our_filter(ipr, link["index"], hook, pin_path)
             if entry:
                 hooks[hook] = {"prog_id": entry["prog_id"], "tag": entry["tag"],
-                               "program": (entry["name"] or "").split("@", 1)[0] or None}
+                               "program": entry["program"]}
         if hooks:
             out[link["name"]] = hooks
     return out

@@ -539,12 +539,13 @@ class Monitor:
                 _netlink.add_clsact(self.ipr, link["index"])
             pin_path = self.options.pin_path
             for hook in hooks:
-                if _netlink.our_filter(self.ipr, link["index"], hook, pin_path):
+                present = _netlink.hook_filters(self.ipr, link["index"], hook, pin_path)
+                if any(entry["ours"] for entry in present):
                     continue
-                holder = _netlink.slot_holder(self.ipr, link["index"], hook, pin_path)
-                if holder:
+                holders = [entry["held_by"] for entry in present if entry["held_by"]]
+                if holders:
                     self.say("%s %s is held by the instance at %s: left alone"
-                             % (link["name"], hook, holder))
+                             % (link["name"], hook, holders[0]))
                     continue
                 function = _loader.HOOK_PROGRAM[hook]
                 _netlink.attach(self.ipr, link["index"], hook, self.plane.programs[function],

@@ -139,15 +139,16 @@ def filter_name(function, pin_path):
     return "%s@%s" % (function, pin_path.rstrip("/"))
 
 
-def filter_owner(name):
-    """The pin directory a filter name records; None for a name without one."""
-    if not name or "@" not in name:
-        return None
-    return name.split("@", 1)[1]
+def split_filter_name(name):
+    """(program, pin directory) from a filter name; the directory is None for a name
+    without one (filters attached before names carried it)."""
+    program, _at, owner = (name or "").partition("@")
+    return program or None, owner or None
 
 
 def hook_filters(ipr, index, hook, pin_path=None):
-    """Filters on one hook: [{prio, handle, kind, name, prog_id, tag, owner, ours, held_by}].
+    """Filters on one hook:
+    [{prio, handle, kind, name, program, prog_id, tag, owner, ours, held_by}].
 
     A BPF filter at our priority and handle is ours when its name records pin_path, or
     records none (attached before names carried the pin directory); held_by is the pin
@@ -167,7 +168,8 @@ def hook_filters(ipr, index, hook, pin_path=None):
             tag = options.get_attr("TCA_BPF_TAG")
             entry["tag"] = "".join("%02x" % b for b in tag) if tag else None
         slot = kind == "bpf" and entry["prio"] == FILTER_PRIO and entry["handle"] == FILTER_HANDLE
-        entry["owner"] = filter_owner(entry["name"]) if slot else None
+        entry["program"], owner = split_filter_name(entry["name"])
+        entry["owner"] = owner if slot else None
         mine = pin_path is None or entry["owner"] in (None, pin_path.rstrip("/"))
         entry["ours"] = slot and mine
         entry["held_by"] = entry["owner"] if slot and not mine else None
@@ -179,14 +181,6 @@ def our_filter(ipr, index, hook, pin_path=None):
     for entry in hook_filters(ipr, index, hook, pin_path):
         if entry["ours"]:
             return entry
-    return None
-
-
-def slot_holder(ipr, index, hook, pin_path):
-    """The pin directory of another instance whose filter sits in our slot, or None."""
-    for entry in hook_filters(ipr, index, hook, pin_path):
-        if entry["held_by"]:
-            return entry["held_by"]
     return None
 
 

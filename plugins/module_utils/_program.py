@@ -159,16 +159,15 @@ def plan(params, sources, current, sizes):
         return actions, before, after, result
 
     selected = _netlink.select_interfaces(current["links"], params["interfaces"], params["bridge"])
+    hooks = sorted(set(params["hooks"]))
     held = current.get("held") or {}
     for name in selected:
-        taken = sorted((hook, held[name][hook]) for hook in params["hooks"]
-                       if hook in held.get(name, {}))
+        taken = [(hook, held[name][hook]) for hook in hooks if hook in held.get(name, {})]
         if taken:
             raise ProgramError(
                 "interfaces: %s %s hook is held by the microseg instance pinned at %s; "
                 "remove it there (state=absent) or leave %s out of this selection"
                 % (name, taken[0][0], taken[0][1], name))
-    hooks = sorted(set(params["hooks"]))
     key = _loader.cache_key(sources, pin_path, sizes)
     result["cache_key"] = key
     have_programs = set(current["programs"]) == set(_loader.PROGRAMS)
