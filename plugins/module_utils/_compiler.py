@@ -46,23 +46,46 @@ ANY_PREFIX = (0, 0)
 
 
 class CompiledPolicy:
-    """Entries for one policy set: per map a list of (key, value) ctypes mirrors."""
+    """Entries for one policy set, kept packed as the kernel takes them.
+
+    packed[name] is a list of (key bytes, value bytes). The attribute of each map's name
+    (policy_map, ip_range_map, ...) gives the same entries as ctypes mirrors, for readers
+    that want fields; the converge itself only moves bytes.
+    """
 
     def __init__(self, policy_set=0):
         self.policy_set = policy_set
-        self.policy_map = []
-        self.ip_range_map = []
-        self.local_range_map = []
-        self.port_range_map = []
-        self.sport_range_map = []
+        self.packed = dict((name, []) for name in MAP_NAMES)
         self.rule_ids = {}
 
+    def add(self, name, pairs):
+        self.packed[name].extend((key.pack(), value.pack()) for key, value in pairs)
+
+    def mirrors(self, name):
+        spec = _maps.MAP_SPEC[name]
+        return [(spec.key.unpack(key), spec.value.unpack(value))
+                for key, value in self.packed[name]]
+
+    policy_map = property(lambda self: self.mirrors("policy_map"))
+    ip_range_map = property(lambda self: self.mirrors("ip_range_map"))
+    local_range_map = property(lambda self: self.mirrors("local_range_map"))
+    port_range_map = property(lambda self: self.mirrors("port_range_map"))
+    sport_range_map = property(lambda self: self.mirrors("sport_range_map"))
+
     def counts(self):
-        return dict((name, len(getattr(self, name))) for name in MAP_NAMES)
+        return dict((name, len(self.packed[name])) for name in MAP_NAMES)
 
     def entries(self):
-        """(map name, [(key, value)]) for every policy map, in a fixed order."""
-        return [(name, getattr(self, name)) for name in MAP_NAMES]
+        """(map name, [(key, value)] mirrors) for every policy map, in a fixed order."""
+        return [(name, self.mirrors(name)) for name in MAP_NAMES]
+
+
+# policy_map entries packed without mirror objects (an exact rule set can be 100,000+
+# rules); tests/unit/.../test_compiler.py checks them against the PolicyKey/PolicyValue
+# mirrors, which tests/functional/test_layout.py checks against the C header.
+_POLICY_ADDRESSES = struct.Struct("!II")        # src_ip, dst_ip in network byte order
+_POLICY_KEY_REST = struct.Struct("=HHBBBB")     # ports, protocol, direction, set, pad
+_POLICY_VALUE = struct.Struct("=IBBHQQ")        # policy_id, action, flags, reserved, hits
 
 
 class _Cand:
@@ -171,15 +194,27 @@ def _u32(address):
     return struct.unpack("=I", struct.pack("!I", address))[0]
 
 
+_MASKS = [(0xffffffff << (32 - plen)) & 0xffffffff if plen else 0 for plen in range(33)]
+
+
 def _mask(plen):
-    return (0xffffffff << (32 - plen)) & 0xffffffff if plen else 0
+    return _MASKS[plen]
 
 
-def _ancestors(prefix):
-    """prefix and every shorter prefix holding it, longest first."""
+def _ancestors(prefix, lengths=None):
+    """prefix and every shorter prefix holding it, longest first.
+
+    lengths: only the prefix lengths that can matter (those some node has), longest
+    first; a policy uses a handful of lengths, so this skips most of the 33.
+    """
     network, plen = prefix
-    for length in range(plen, -1, -1):
-        yield network & _mask(length), length
+    for length in (range(plen, -1, -1) if lengths is None else lengths):
+        if length <= plen:
+            yield network & _MASKS[length], length
+
+
+def _lengths(nodes):
+    return sorted(set(plen for _network, plen in nodes), reverse=True)
 
 
 def _by_longest_holder(nodes_rules):
@@ -188,9 +223,10 @@ def _by_longest_holder(nodes_rules):
     nodes_rules maps a prefix to the items that list it; every listed prefix is a node.
     """
     out = {}
+    lengths = _lengths(nodes_rules)
     for node in nodes_rules:
         seen = {}
-        for ancestor in _ancestors(node):
+        for ancestor in _ancestors(node, lengths):
             for item in nodes_rules.get(ancestor, ()):
                 if id(item) not in seen:
                     seen[id(item)] = (item, ancestor[1])
@@ -201,9 +237,10 @@ def _by_longest_holder(nodes_rules):
 def _lpm_entries(values, make_key):
     """Keys for prefix -> value, leaving out those that equal their nearest ancestor's."""
     pairs = []
+    lengths = _lengths(values)
     for node in sorted(values, key=lambda n: (n[1], n[0])):
         parent = None
-        for ancestor in _ancestors(node):
+        for ancestor in _ancestors(node, lengths):
             if ancestor != node and ancestor in values:
                 parent = ancestor
                 break
@@ -235,23 +272,20 @@ class _Compiler:
     # -- exact rules ----------------------------------------------------------------------
     def exact(self):
         seen = set()
+        out = self.out.packed["policy_map"]
         for rule in self.policy.rules:
             if not rule.exact:
                 continue
+            addresses = _POLICY_ADDRESSES.pack(rule.src_prefixes[0][0], rule.dst_prefixes[0][0])
+            value = _POLICY_VALUE.pack(rule.policy_id, _maps.ACTIONS[rule.action], 0, 0, 0, 0)
             for direction in rule.directions:
-                key = _maps.PolicyKey(
-                    src_ip=_u32(rule.src_prefixes[0][0]),
-                    dst_ip=_u32(rule.dst_prefixes[0][0]),
-                    src_port=rule.src_ports[0][0], dst_port=rule.dst_ports[0][0],
-                    protocol=rule.protocol, direction=DIR_INDEX[direction],
-                    policy_set=self.policy_set)
-                packed = key.pack()
-                if packed in seen:
+                key = addresses + _POLICY_KEY_REST.pack(
+                    rule.src_ports[0][0], rule.dst_ports[0][0], rule.protocol,
+                    DIR_INDEX[direction], self.policy_set, 0)
+                if key in seen:
                     continue      # the same 5-tuple again: the first rule listed wins
-                seen.add(packed)
-                value = _maps.PolicyValue(policy_id=rule.policy_id,
-                                          action=_maps.ACTIONS[rule.action])
-                self.out.policy_map.append((key, value))
+                seen.add(key)
+                out.append((key, value))
 
     # -- stage 1: remote prefix -------------------------------------------------------------
     def remote_stage(self, direction):
@@ -267,7 +301,7 @@ class _Compiler:
             cands = [_Cand(rule, remote_len=length) for rule, length in found]
             values[node] = self.after_remote(direction, cands)
         root = (self.policy_set << 1) | DIR_INDEX[direction]
-        self.out.ip_range_map.extend(_lpm_entries(values, lambda node: _maps.LpmKey(
+        self.out.add("ip_range_map", _lpm_entries(values, lambda node: _maps.LpmKey(
             prefixlen=32 + node[1], class_id=root, ip=_u32(node[0]))))
 
     # -- stage 2: the container's prefix ---------------------------------------------------
@@ -288,7 +322,7 @@ class _Compiler:
             for node, found in _by_longest_holder(listing).items():
                 sub = [_Cand(c.rule, c.remote_len, local_len=length) for c, length in found]
                 values[node] = self.after_local(sub)
-            self.out.local_range_map.extend(_lpm_entries(values, lambda node: _maps.LpmKey(
+            self.out.add("local_range_map", _lpm_entries(values, lambda node: _maps.LpmKey(
                 prefixlen=32 + node[1], class_id=cid, ip=_u32(node[0]))))
         return _next(cid)
 
@@ -307,15 +341,15 @@ class _Compiler:
         any_proto = [c for c in live if c.rule.protocol is None]
         fallback = _final(_best(any_proto)) if any_proto else None
         if fallback is not None:
-            self.out.port_range_map.append((_maps.PortLpmKey(prefixlen=32, class_id=cid),
-                                            fallback))
+            self.out.add("port_range_map", [(_maps.PortLpmKey(prefixlen=32, class_id=cid),
+                                             fallback)])
         for proto in sorted(set(c.rule.protocol for c in live if c.rule.protocol is not None)):
             mine = [c for c in live if c.rule.protocol in (proto, None)]
             if proto not in PORT_PROTOCOLS:
                 value = _final(_best(mine))
                 if not _same(value, fallback):
                     key = _maps.PortLpmKey(prefixlen=40, class_id=cid, protocol=proto)
-                    self.out.port_range_map.append((key, value))
+                    self.out.add("port_range_map", [(key, value)])
                 continue
             cuts = [r for c in mine for r in (c.rule.dst_ports or ())]
 
@@ -335,7 +369,7 @@ class _Compiler:
                 for start, bits in _blocks(low, high):
                     key = _maps.PortLpmKey(prefixlen=40 + bits, class_id=cid, protocol=proto)
                     key.port[0], key.port[1] = _maps.port_to_bytes(start)
-                    self.out.port_range_map.append((key, value))
+                    self.out.add("port_range_map", [(key, value)])
         return cid
 
     # -- stage 4: source port ----------------------------------------------------------------
@@ -361,7 +395,7 @@ class _Compiler:
                 for start, bits in _blocks(low, high):
                     key = _maps.SportLpmKey(prefixlen=32 + bits, class_id=cid)
                     key.port[0], key.port[1] = _maps.port_to_bytes(start)
-                    self.out.sport_range_map.append((key, value))
+                    self.out.add("sport_range_map", [(key, value)])
         return _next(cid)
 
 

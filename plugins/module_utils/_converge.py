@@ -39,30 +39,42 @@ class ConvergeError(Exception):
 
 
 # ---- which policy set an entry belongs to ----------------------------------------
+# Entries stay packed bytes from the kernel read to the kernel write: a converge of
+# 110,000 rules moves 170,000+ entries per set, and a mirror object per entry costs more
+# than every syscall of the converge together.
+
+_U32 = struct.Struct("=I")
+_POLICY_SET_AT = _maps.PolicyKey.policy_set.offset
+_HITS_AT = _maps.PolicyValue.hit_count.offset        # hit_count, last_hit: the value's tail
+_CLASS_AT = _maps.LpmKey.class_id.offset
+_NEXT_CLASS_AT = _maps.RangeValue.next_class.offset
+_CLASS_SET_MASK = {"ip_range_map": 2}                 # later stages: bit 31
+if not _CLASS_AT == _maps.PortLpmKey.class_id.offset == _maps.SportLpmKey.class_id.offset:
+    raise ImportError("the LPM keys no longer share the class_id offset _converge reads")
+
 
 def entry_set(map_name, key):
+    """The policy set (0 or 1) of a packed key."""
     if map_name == "policy_map":
-        return key.policy_set
+        return key[_POLICY_SET_AT] & 1
+    class_id = _U32.unpack_from(key, _CLASS_AT)[0]
     if map_name == "ip_range_map":
-        return (key.class_id >> 1) & 1
-    return (key.class_id >> 31) & 1
+        return (class_id >> 1) & 1
+    return class_id >> 31
 
 
-def _strip_set(map_name, key, value):
-    """Key and value bytes with the policy set masked out, to compare two generations."""
-    key = type(key).unpack(key.pack())
-    value = type(value).unpack(value.pack())
+def _without_set(map_name, key, value):
+    """Packed key and value with the policy set masked out, to compare two generations.
+
+    policy_map values also drop their hit counters, which the data plane keeps moving.
+    """
     if map_name == "policy_map":
-        key.policy_set = 0
-        value.hit_count = 0
-        value.last_hit = 0
-    elif map_name == "ip_range_map":
-        key.class_id &= ~2
-    else:
-        key.class_id &= 0x7fffffff
-    if map_name != "policy_map":
-        value.next_class &= 0x7fffffff
-    return key.pack(), value.pack()
+        return key[:_POLICY_SET_AT] + key[_POLICY_SET_AT + 1:], value[:_HITS_AT]
+    keep = ~_CLASS_SET_MASK.get(map_name, 1 << 31) & 0xffffffff
+    class_id = _U32.unpack_from(key, _CLASS_AT)[0] & keep
+    next_class = _U32.unpack_from(value, _NEXT_CLASS_AT)[0] & 0x7fffffff
+    return (key[:_CLASS_AT] + _U32.pack(class_id) + key[_CLASS_AT + 4:],
+            value[:_NEXT_CLASS_AT] + _U32.pack(next_class) + value[_NEXT_CLASS_AT + 4:])
 
 
 # ---- the policy source, kept with the maps -------------------------------------------
@@ -88,7 +100,8 @@ def _source_fd(pin_path, create):
 
 def encode_source(document):
     """Compressed chunks; raises ConvergeError before anything is written if too big."""
-    blob = zlib.compress(json.dumps(document, sort_keys=True, separators=(",", ":")).encode(), 6)
+    # Level 1: 6% bigger than level 6 at 110,000 rules, in a third of the time.
+    blob = zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 1)
     chunks = [blob[i:i + SOURCE_CHUNK] for i in range(0, len(blob), SOURCE_CHUNK)] or [b""]
     if len(chunks) > SOURCE_MAX_CHUNKS:
         raise ConvergeError("the policy is %d bytes compressed; at most %d fit beside the maps"
@@ -160,14 +173,17 @@ class HostLock:
 # ---- gather ------------------------------------------------------------------------------
 
 def gather(pinned, pin_path):
-    """What the host holds: generation, active set, defaults, source, entries per set."""
+    """What the host holds: generation, active set, defaults, source, entries per set.
+
+    entries[map][set] lists packed (key, value) pairs.
+    """
     config = pinned.config()
     active = config.policy_epoch & 1
     entries = {}
     counts = {0: {}, 1: {}}
     for name in POLICY_MAPS:
         entries[name] = {0: [], 1: []}
-        for key, value in pinned.items(name):
+        for key, value in pinned.raw_items(name):
             entries[name][entry_set(name, key)].append((key, value))
         for policy_set in (0, 1):
             counts[policy_set][name] = len(entries[name][policy_set])
@@ -192,8 +208,8 @@ def entry_changes(current_entries, compiled):
     """Per map: entries added, removed, changed between the active set and the new one."""
     out = {}
     for name in POLICY_MAPS:
-        old = dict(_strip_set(name, k, v) for k, v in current_entries[name])
-        new = dict(_strip_set(name, k, v) for k, v in getattr(compiled, name))
+        old = dict(_without_set(name, k, v) for k, v in current_entries[name])
+        new = dict(_without_set(name, k, v) for k, v in compiled.packed[name])
         added = sum(1 for k in new if k not in old)
         removed = sum(1 for k in old if k not in new)
         changed = sum(1 for k in new if k in old and old[k] != new[k])
@@ -207,7 +223,7 @@ def capacity_problems(current, compiled):
     problems = []
     active = current["active_set"]
     for name in POLICY_MAPS:
-        need = len(getattr(compiled, name))
+        need = len(compiled.packed[name])
         held = current["counts"][active][name]
         limit = current["max_entries"][name]
         if need + held > limit:
@@ -222,7 +238,7 @@ def capacity_problems(current, compiled):
 def clear_set(pinned, entries, policy_set):
     removed = 0
     for name in POLICY_MAPS:
-        keys = [k.pack() for k, _v in entries[name][policy_set]]
+        keys = [k for k, _v in entries[name][policy_set]]
         if keys:
             removed += bpf.map_delete_batch(pinned.fd(name), keys,
                                             _maps.MAP_SPEC[name].key_size)
@@ -244,9 +260,9 @@ def fault_point(name):
 def write_set(pinned, compiled):
     written = 0
     for name in POLICY_MAPS:
-        pairs = getattr(compiled, name)
+        pairs = compiled.packed[name]
         if pairs:
-            written += pinned.update_many(name, pairs)
+            written += pinned.update_packed(name, pairs)
             fault_point("mid_write")
     return written
 

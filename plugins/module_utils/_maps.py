@@ -365,9 +365,17 @@ class PinnedMaps:
         for k, v in bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size):
             yield spec.key.unpack(k), spec.value.unpack(v)
 
-    def update_many(self, name, pairs, flags=0):
+    def raw_items(self, name):
+        """All entries as packed (key, value) bytes: no mirror objects for bulk work."""
         spec = MAP_SPEC[name]
-        items = [(k.pack(), v.pack()) for k, v in pairs]
+        return bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size)
+
+    def update_many(self, name, pairs, flags=0):
+        return self.update_packed(name, [(k.pack(), v.pack()) for k, v in pairs], flags)
+
+    def update_packed(self, name, items, flags=0):
+        """Store packed (key, value) bytes; returns how many."""
+        spec = MAP_SPEC[name]
         return bpf.map_update_batch(self.fds[name], items, spec.key_size, spec.value_size, flags)
 
     def clear(self, name):

@@ -26,6 +26,8 @@ from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import re
+import socket
+import struct
 import zlib
 
 try:
@@ -49,6 +51,8 @@ PORT_PROTOCOLS = (6, 17)
 ANY_WORDS = ("any",)
 
 _DOTTED = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?$")
+# The prefix lengths parse_cidr takes without a second look ("/032" is refused later).
+_CLEAN_PREFIX_LENGTHS = dict((str(n), n) for n in range(33))
 _PORT = re.compile(r"^\s*(\d{1,10})\s*(?:-\s*(\d{1,10})\s*)?$")
 
 
@@ -90,6 +94,19 @@ def parse_cidr(text):
     rule should mean one thing.
     """
     text = str(text).strip()
+    # The common case first: a dotted quad the C library reads and writes back unchanged
+    # has four octets 0-255 without leading zeros. Anything else gets the checks that say
+    # what is wrong with it.
+    address, slash, length = text.partition("/")
+    try:
+        packed = socket.inet_aton(address)
+    except (OSError, ValueError):
+        packed = None
+    if packed is not None and socket.inet_ntoa(packed) == address:
+        plen = _CLEAN_PREFIX_LENGTHS.get(length) if slash else 32
+        value = struct.unpack("!I", packed)[0]
+        if plen is not None and value & _mask(plen) == value:
+            return value, plen
     if ":" in text:
         raise ValueError("%s is an IPv6 address; IPv6 rules are not supported yet "
                          "(IPv4 only)" % text)
@@ -179,10 +196,24 @@ def _address_items(value, rule, field):
     return [item.strip() for item in items]
 
 
-def _addresses(value, segments, rule, field):
-    """(canonical items for to_rules, merged prefixes or None)."""
+def _addresses(value, segments, rule, field, memo=None):
+    """(canonical items for to_rules, merged prefixes or None).
+
+    memo: a dict kept for one normalize() (same segments), so an address list written
+    many times (a server every exact rule names) is parsed once. Only successes go in it.
+    """
     if value is None:
         return None, None
+    if memo is not None:
+        try:
+            known = memo.get(value if isinstance(value, str) else tuple(value))
+        except TypeError:       # something unhashable in the list: the checks below say what
+            known = None
+        if known is not None:
+            return known
+        result = _addresses(value, segments, rule, field)
+        memo[value if isinstance(value, str) else tuple(value)] = result
+        return result
     items = _address_items(value, rule, field)
     prefixes = []
     names = set()
@@ -364,15 +395,19 @@ class Rule:
         return "Rule(%r)" % (self.to_dict(),)
 
 
+def _one_host(prefixes):
+    return prefixes is not None and len(prefixes) == 1 and prefixes[0][1] == 32
+
+
+def _one_port(ports):
+    return ports is not None and len(ports) == 1 and ports[0][0] == ports[0][1]
+
+
 def _is_exact(rule):
     """All five fields single-valued: the seed's exact policy_map rule."""
-    def host(prefixes):
-        return prefixes is not None and len(prefixes) == 1 and prefixes[0][1] == 32
-
-    def port(ports):
-        return ports is not None and len(ports) == 1 and ports[0][0] == ports[0][1]
-    return (rule.protocol in PORT_PROTOCOLS and host(rule.src_prefixes) and
-            host(rule.dst_prefixes) and port(rule.src_ports) and port(rule.dst_ports))
+    return (rule.protocol in PORT_PROTOCOLS and _one_host(rule.src_prefixes) and
+            _one_host(rule.dst_prefixes) and _one_port(rule.src_ports) and
+            _one_port(rule.dst_ports))
 
 
 class Policy:
@@ -412,14 +447,17 @@ def _default_action(default_action):
     return out
 
 
-def _rule(raw, index, segments):
+_RULE_KEY_SET = frozenset(RULE_KEYS)
+
+
+def _rule(raw, index, segments, memo=None):
     label = "#%d" % (index + 1)
     if not isinstance(raw, dict):
         raise PolicyError(label, "rule", "must be a mapping, got %s" % type(raw).__name__)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise PolicyError(label, "name", "is required (a non-empty string)")
-    unknown = sorted(set(raw) - set(RULE_KEYS), key=str)
+    unknown = sorted(set(raw).difference(_RULE_KEY_SET), key=str)
     if unknown:
         raise PolicyError(name, str(unknown[0]), "unknown field (known: %s)"
                           % ", ".join(RULE_KEYS))
@@ -431,8 +469,8 @@ def _rule(raw, index, segments):
     if action not in ACTIONS:
         raise PolicyError(name, "action", "%r is not allow, deny or log" % (action,))
     protocol = _protocol(raw.get("protocol"), name)
-    src_items, src = _addresses(raw.get("src"), segments, name, "src")
-    dst_items, dst = _addresses(raw.get("dst"), segments, name, "dst")
+    src_items, src = _addresses(raw.get("src"), segments, name, "src", memo)
+    dst_items, dst = _addresses(raw.get("dst"), segments, name, "dst", memo)
     dst_ports = _ports(raw.get("dst_ports"), protocol, name, "dst_ports")
     src_ports = _ports(raw.get("src_ports"), protocol, name, "src_ports")
     return Rule(name, index, direction, src, dst, protocol, dst_ports, src_ports, action,
@@ -452,8 +490,9 @@ def normalize(rules, segments, default_action):
     names = {}
     ids = {}
     matches = {}
+    memo = {}
     for index, raw in enumerate(rules):
-        rule = _rule(raw, index, segs)
+        rule = _rule(raw, index, segs, memo)
         if rule.name in names:
             raise PolicyError(rule.name, "name", "duplicate rule name (rules #%d and #%d)"
                               % (names[rule.name] + 1, index + 1))

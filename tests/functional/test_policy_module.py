@@ -128,6 +128,36 @@ def test_check_mode_and_diff_predict_without_writing(fleet):
     assert lab["web"].probe("tcp", lab["other"].address, 80) == "ok"
 
 
+def test_entry_changes_count_what_moved_in_the_kernel(fleet):
+    lab, pin = fleet
+    exact = [{"name": "exact-%d" % i, "direction": "egress", "src": "198.18.99.%d/32" % i,
+              "dst": "198.18.98.1/32", "protocol": "tcp", "src_ports": [2000 + i],
+              "dst_ports": [443], "action": "allow"} for i in range(20)]
+    base = BASE_RULES + exact
+    assert converge(pin, rules=base, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").task()["changed"] is True
+    moved = [dict(r) for r in base]
+    moved[len(BASE_RULES)]["action"] = "deny"            # same key, new value
+    moved[len(BASE_RULES) + 1]["dst_ports"] = [444]      # new key, old key gone
+    res = converge(pin, rules=moved, segments=segments(lab), default_action=DENY_ALL,
+                   state="overridden").task()
+    assert res["changed"] is True
+    assert res["entry_changes"]["policy_map"] == {"added": 1, "removed": 1, "changed": 1,
+                                                  "entries": 20}
+    assert all(v == {"added": 0, "removed": 0, "changed": 0, "entries": v["entries"]}
+               for name, v in res["entry_changes"].items() if name != "policy_map")
+    # Read back: only the new set is left, and it holds the changed entries.
+    active = generation(pin) & 1
+    with _maps.PinnedMaps(pin, names=["policy_map"]) as pinned:
+        held = dict((key.dst_port if key.src_port == 2001 else key.src_port, value.action)
+                    for key, value in pinned.items("policy_map")
+                    if _converge.entry_set("policy_map", key.pack()) == active)
+        assert len(list(pinned.raw_items("policy_map"))) == 20
+    assert held[2000] == _maps.ACTION_DENY and held[444] == _maps.ACTION_ALLOW
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").task()["changed"] is True
+
+
 @pytest.mark.parametrize("bad,needle", [
     ({"name": "r1", "dst": ["nosuchsegment"], "action": "allow"}, "r1"),
     ({"name": "r2", "dst": ["198.18.300.0/24"], "action": "allow"}, "r2"),
@@ -285,7 +315,7 @@ def test_sigkill_mid_converge_leaves_old_policy_in_force(fleet):
 def _set_count(pin, name, policy_set):
     with _maps.PinnedMaps(pin, names=[name]) as pinned:
         return sum(1 for key, _value in pinned.items(name)
-                   if _converge.entry_set(name, key) == policy_set)
+                   if _converge.entry_set(name, key.pack()) == policy_set)
 
 
 def _hold(ctr, address, port):

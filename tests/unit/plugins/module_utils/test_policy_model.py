@@ -262,3 +262,52 @@ def test_remote_and_local_sides():
                        "action": "allow"}], {}, None).rules[0]
     assert rule.remote("egress") == rule.dst_prefixes == rule.local("ingress")
     assert rule.remote("ingress") == rule.src_prefixes == rule.local("egress")
+
+
+def _reference_cidr(text):
+    """The rule parse_cidr implements, written the slow and obvious way."""
+    address, _slash, length = text.partition("/")
+    octets = address.split(".")
+    if len(octets) != 4 or not all(o.isdigit() and len(o) <= 3 for o in octets):
+        return None
+    if any(int(o) > 255 or (len(o) > 1 and o[0] == "0") for o in octets):
+        return None
+    if _slash and not (length.isdigit() and len(length) <= 2 and int(length) <= 32):
+        return None
+    plen = int(length) if _slash else 32
+    value = 0
+    for octet in octets:
+        value = value << 8 | int(octet)
+    if value & M._mask(plen) != value:
+        return None
+    return value, plen
+
+
+_OCTET_TEXT = st.one_of(st.integers(0, 300).map(str),
+                        st.integers(0, 99).map(lambda n: "0%d" % n),
+                        st.sampled_from(["", "a", "1e2", " 1", "+1", "-1"]))
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(_OCTET_TEXT, min_size=1, max_size=5),
+       st.one_of(st.just(""), st.integers(0, 40).map(lambda n: "/%d" % n),
+                 st.sampled_from(["/", "/05", "/032", "/x", "/ 8", "/8/8"])))
+def test_parse_cidr_takes_exactly_clean_dotted_quads(octets, suffix):
+    text = ".".join(octets) + suffix
+    expected = _reference_cidr(text)
+    if expected is None:
+        with pytest.raises(ValueError):
+            M.parse_cidr(text)
+    else:
+        assert M.parse_cidr(text) == expected
+
+
+def test_a_shared_address_list_is_parsed_once_and_a_bad_one_still_names_its_rule():
+    rules = [{"name": "r%d" % i, "dst": "198.18.1.0/24", "action": "allow"} for i in range(3)]
+    policy = normalize(rules, {}, None)
+    assert [r.dst_prefixes for r in policy.rules] == [((0xc6120100, 24),)] * 3
+    assert [r.to_dict()["dst"] for r in policy.rules] == [["198.18.1.0/24"]] * 3
+    bad = rules + [{"name": "late", "dst": ["198.18.1.0/24", "198.18.1.7/24"],
+                    "action": "allow"}]
+    error = error_of(bad)
+    assert (error.rule, error.field) == ("late", "dst")
