@@ -69,7 +69,7 @@ class _Struct(ctypes.Structure):
     """Base for the mirrors: bytes in and out, and a dict view for results."""
 
     def pack(self):
-        return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
+        return bytes(self)      # the buffer protocol: the struct's own bytes, one copy
 
     @classmethod
     def unpack(cls, data):
@@ -218,7 +218,7 @@ MIRRORS = {
 
 class _Scalar:
     def pack(self):
-        return ctypes.string_at(ctypes.addressof(self), ctypes.sizeof(self))
+        return bytes(self)      # the buffer protocol: the struct's own bytes, one copy
 
     @classmethod
     def unpack(cls, data):

@@ -52,6 +52,7 @@ ANY_WORDS = ("any",)
 
 _DOTTED = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?$")
 # The prefix lengths parse_cidr takes without a second look ("/032" is refused later).
+_ADDRESS = struct.Struct("!I")
 _CLEAN_PREFIX_LENGTHS = dict((str(n), n) for n in range(33))
 _PORT = re.compile(r"^\s*(\d{1,10})\s*(?:-\s*(\d{1,10})\s*)?$")
 
@@ -86,6 +87,27 @@ def int_to_ip(value):
     return "%d.%d.%d.%d" % (value >> 24 & 255, value >> 16 & 255, value >> 8 & 255, value & 255)
 
 
+def _clean_cidr(text):
+    """(network_int, prefixlen) for the common case, else None (parse_cidr says why).
+
+    A dotted quad the C library reads and writes back unchanged has four octets 0-255
+    without leading zeros; with a plain prefix length and no host bits it needs no other
+    check.
+    """
+    address, slash, length = text.partition("/")
+    try:
+        packed = socket.inet_aton(address)
+    except (OSError, ValueError):
+        return None
+    if socket.inet_ntoa(packed) != address:
+        return None
+    plen = _CLEAN_PREFIX_LENGTHS.get(length) if slash else 32
+    value = _ADDRESS.unpack(packed)[0]
+    if plen is None or value & _mask(plen) != value:
+        return None
+    return value, plen
+
+
 def parse_cidr(text):
     """(network_int, prefixlen) for a strict dotted quad with an optional /len.
 
@@ -94,19 +116,9 @@ def parse_cidr(text):
     rule should mean one thing.
     """
     text = str(text).strip()
-    # The common case first: a dotted quad the C library reads and writes back unchanged
-    # has four octets 0-255 without leading zeros. Anything else gets the checks that say
-    # what is wrong with it.
-    address, slash, length = text.partition("/")
-    try:
-        packed = socket.inet_aton(address)
-    except (OSError, ValueError):
-        packed = None
-    if packed is not None and socket.inet_ntoa(packed) == address:
-        plen = _CLEAN_PREFIX_LENGTHS.get(length) if slash else 32
-        value = struct.unpack("!I", packed)[0]
-        if plen is not None and value & _mask(plen) == value:
-            return value, plen
+    clean = _clean_cidr(text)
+    if clean is not None:
+        return clean
     if ":" in text:
         raise ValueError("%s is an IPv6 address; IPv6 rules are not supported yet "
                          "(IPv4 only)" % text)
@@ -204,6 +216,12 @@ def _addresses(value, segments, rule, field, memo=None):
     """
     if value is None:
         return None, None
+    if value.__class__ is str and value not in segments:
+        # One address written plainly, as in every exact rule: nothing to merge or look up.
+        clean = _clean_cidr(value)
+        if clean is not None and clean[1]:
+            # Clean means the text is already canonical (no leading zeros anywhere).
+            return [value if "/" in value else value + "/32"], [clean]
     if memo is not None:
         try:
             known = memo.get(value if isinstance(value, str) else tuple(value))
@@ -247,6 +265,8 @@ def _addresses(value, segments, rule, field, memo=None):
 def _protocol(value, rule):
     if value is None:
         return None
+    if value.__class__ is str and value in PROTOCOLS:
+        return PROTOCOLS[value]
     if isinstance(value, bool):
         raise PolicyError(rule, "protocol", "%r is not tcp, udp, icmp, any or 0-255" % (value,))
     text = str(value).strip().lower()
@@ -285,6 +305,11 @@ def _ports(value, protocol, rule, field):
     if protocol not in PORT_PROTOCOLS:
         raise PolicyError(rule, field, "ports need protocol tcp or udp, not %s"
                           % protocol_label(protocol))
+    if value.__class__ is list and len(value) == 1:
+        # One port as a number (bool is not int here): nothing to parse or merge.
+        port = value[0]
+        if port.__class__ is int and 0 <= port <= 65535:
+            return [(port, port)]
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items:
         raise PolicyError(rule, field, "must not be empty (omit it for any port)")
@@ -457,8 +482,8 @@ def _rule(raw, index, segments, memo=None):
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise PolicyError(label, "name", "is required (a non-empty string)")
-    unknown = sorted(set(raw).difference(_RULE_KEY_SET), key=str)
-    if unknown:
+    if not _RULE_KEY_SET.issuperset(raw):
+        unknown = sorted(set(raw).difference(_RULE_KEY_SET), key=str)
         raise PolicyError(name, str(unknown[0]), "unknown field (known: %s)"
                           % ", ".join(RULE_KEYS))
     direction = raw.get("direction")

@@ -311,3 +311,36 @@ def test_a_shared_address_list_is_parsed_once_and_a_bad_one_still_names_its_rule
                     "action": "allow"}]
     error = error_of(bad)
     assert (error.rule, error.field) == ("late", "dst")
+
+
+def _outcome(call):
+    try:
+        return call()
+    except M.PolicyError as exc:
+        return ("error", exc.rule, exc.field, str(exc))
+
+
+_ADDRESS_TEXT = st.one_of(
+    st.builds(lambda octets, suffix: ".".join(octets) + suffix,
+              st.lists(_OCTET_TEXT, min_size=3, max_size=5),
+              st.one_of(st.just(""), st.integers(0, 33).map(lambda n: "/%d" % n),
+                        st.just("/032"))),
+    st.sampled_from(["any", "web", " 198.18.0.1", "198.18.0.1 ", "0.0.0.0/0", "::1",
+                     "198.18.0.1/32", "10", "x.y"]))
+
+
+@settings(max_examples=600, deadline=None)
+@given(_ADDRESS_TEXT)
+def test_a_lone_address_string_reads_as_the_same_one_item_list(text):
+    # The string form has a fast path; the list form always takes the full checks.
+    segments = {"web": [(0xc6120000, 24)]}
+    assert (_outcome(lambda: M._addresses(text, segments, "r1", "dst")) ==
+            _outcome(lambda: M._addresses([text], segments, "r1", "dst")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.integers(-5, 70000), st.booleans(), st.sampled_from([1.0, "80", "80-90"])),
+       st.sampled_from([6, 17, 1, None]))
+def test_a_lone_port_in_a_list_reads_as_the_bare_value(port, protocol):
+    assert (_outcome(lambda: M._ports([port], protocol, "r1", "dst_ports")) ==
+            _outcome(lambda: M._ports(port, protocol, "r1", "dst_ports")))
