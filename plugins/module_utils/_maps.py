@@ -388,8 +388,8 @@ class PinnedMaps:
 
     def count(self, name):
         spec = MAP_SPEC[name]
-        entries = bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size)
-        return sum(1 for _entry in entries)
+        batches = bpf.map_lookup_batch_raw(self.fds[name], spec.key_size, spec.value_size)
+        return sum(got for _keys, _values, got in batches)
 
     # -- typed views -----------------------------------------------------------------
     def config(self):

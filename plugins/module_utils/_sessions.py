@@ -12,6 +12,7 @@ test_layout checks against the C header: the layout still has one source of trut
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import collections
 import ctypes
 import struct
 
@@ -66,6 +67,9 @@ def field_picker(struct_type, names):
 
 _KEY_STRUCT, _KEY_ORDER = field_picker(_maps.SessionKey, ("protocol",))
 _VALUE_STRUCT, _VALUE_ORDER = field_picker(_maps.SessionValue, ("last_seen", "action", "state"))
+_SUMMARY_STRUCT, _SUMMARY_ORDER = field_picker(_maps.SessionValue, ("action", "state"))
+if _VALUE_ORDER != ["last_seen", "action", "state"] or _SUMMARY_ORDER != ["action", "state"]:
+    raise ImportError("session_value fields moved: the scans below unpack them by position")
 KEY_SIZE = ctypes.sizeof(_maps.SessionKey)
 VALUE_SIZE = ctypes.sizeof(_maps.SessionValue)
 
@@ -99,12 +103,15 @@ def _chunks(pinned):
 
 def summarize(pinned):
     """Counts by protocol, TCP state and action from one pass over the map."""
-    counts = {}
+    # Counter over zip of iter_unpack: the per-session loop runs in C, and only the few
+    # distinct (protocol, action, state) combinations reach Python.
+    tally = collections.Counter()
     for keys, values, _count in _chunks(pinned):
-        protocols = (k[0] for k in _KEY_STRUCT.iter_unpack(keys))
-        for protocol, (_last, action, state) in zip(protocols, _VALUE_STRUCT.iter_unpack(values)):
-            triple = (protocol, state if protocol == TCP else None, action)
-            counts[triple] = counts.get(triple, 0) + 1
+        tally.update(zip(_KEY_STRUCT.iter_unpack(keys), _SUMMARY_STRUCT.iter_unpack(values)))
+    counts = {}
+    for ((protocol,), (action, state)), n in tally.items():
+        triple = (protocol, state if protocol == TCP else None, action)
+        counts[triple] = counts.get(triple, 0) + n
     by_protocol, by_state, by_action = {}, {}, {}
     for (protocol, state, action), n in counts.items():
         name = _maps.PROTOCOL_NAMES.get(protocol, str(protocol))
