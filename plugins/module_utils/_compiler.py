@@ -197,10 +197,6 @@ def _u32(address):
 _MASKS = [(0xffffffff << (32 - plen)) & 0xffffffff if plen else 0 for plen in range(33)]
 
 
-def _mask(plen):
-    return _MASKS[plen]
-
-
 def _ancestors(prefix, lengths=None):
     """prefix and every shorter prefix holding it, longest first.
 

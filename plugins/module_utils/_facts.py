@@ -206,9 +206,9 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=
             if spec.name == "session_map":
                 # The summary above has just read every session: no second pass.
                 entry["entries"] = facts["sessions"]["total"]
-                entry["fill_percent"] = round(100.0 * entry["entries"] / info["max_entries"], 2)
             elif spec.key is not None and spec.map_type not in FIXED_SIZE_TYPES:
                 entry["entries"] = pinned.count(spec.name)
+            if "entries" in entry:
                 entry["fill_percent"] = round(100.0 * entry["entries"] / info["max_entries"], 2)
             maps[spec.name] = entry
         facts["maps"] = maps

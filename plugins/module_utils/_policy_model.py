@@ -51,8 +51,8 @@ PORT_PROTOCOLS = (6, 17)
 ANY_WORDS = ("any",)
 
 _DOTTED = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?$")
-# The prefix lengths parse_cidr takes without a second look ("/032" is refused later).
 _ADDRESS = struct.Struct("!I")
+# The prefix lengths parse_cidr takes without a second look ("/032" is refused later).
 _CLEAN_PREFIX_LENGTHS = dict((str(n), n) for n in range(33))
 _PORT = re.compile(r"^\s*(\d{1,10})\s*(?:-\s*(\d{1,10})\s*)?$")
 
@@ -223,15 +223,14 @@ def _addresses(value, segments, rule, field, memo=None):
             # Clean means the text is already canonical (no leading zeros anywhere).
             return [value if "/" in value else value + "/32"], [clean]
     if memo is not None:
+        memo_key = value if isinstance(value, str) else tuple(value)
         try:
-            known = memo.get(value if isinstance(value, str) else tuple(value))
+            known = memo.get(memo_key)
         except TypeError:       # something unhashable in the list: the checks below say what
-            known = None
-        if known is not None:
-            return known
-        result = _addresses(value, segments, rule, field)
-        memo[value if isinstance(value, str) else tuple(value)] = result
-        return result
+            return _addresses(value, segments, rule, field)
+        if known is None:
+            known = memo[memo_key] = _addresses(value, segments, rule, field)
+        return known
     items = _address_items(value, rule, field)
     prefixes = []
     names = set()

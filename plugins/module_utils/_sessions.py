@@ -108,15 +108,11 @@ def summarize(pinned):
     tally = collections.Counter()
     for keys, values, _count in _chunks(pinned):
         tally.update(zip(_KEY_STRUCT.iter_unpack(keys), _SUMMARY_STRUCT.iter_unpack(values)))
-    counts = {}
-    for ((protocol,), (action, state)), n in tally.items():
-        triple = (protocol, state if protocol == TCP else None, action)
-        counts[triple] = counts.get(triple, 0) + n
     by_protocol, by_state, by_action = {}, {}, {}
-    for (protocol, state, action), n in counts.items():
+    for ((protocol,), (action, state)), n in tally.items():
         name = _maps.PROTOCOL_NAMES.get(protocol, str(protocol))
         by_protocol[name] = by_protocol.get(name, 0) + n
-        if state is not None:
+        if protocol == TCP:
             label = _maps.TCP_STATES[state] if state < len(_maps.TCP_STATES) else str(state)
             by_state[label] = by_state.get(label, 0) + n
         label = _maps.ACTION_NAMES.get(action, str(action))
