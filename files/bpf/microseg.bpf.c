@@ -94,6 +94,8 @@ BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_value, frag_map, MS_FR
 BPF_TABLE_PINNED("array", __u32, struct log_rate, log_rate_map, 1, MS_PIN("log_rate_map"));
 BPF_TABLE_PINNED("hash", __u32, struct endpoint_value, endpoint_map, MS_ENDPOINT_MAP_SIZE,
                  MS_PIN("endpoint_map"));
+BPF_TABLE_PINNED("hash", __u32, struct endpoint_usage, endpoint_usage_map, MS_ENDPOINT_MAP_SIZE,
+                 MS_PIN("endpoint_usage_map"));
 
 /* BCC's BPF_RINGBUF_OUTPUT cannot be pinned; this is the same table with a pin path. */
 struct log_events_table_t {
@@ -389,21 +391,66 @@ static __always_inline struct map_pressure *pressure_get(void)
     return map_pressure_map.lookup(&zero);
 }
 
-static __always_inline void syn_sent_inc(struct map_pressure *mp, struct session_value *s)
+/* The endpoint's usage entry, created on its first new flow; NULL only if the map is full
+ * (then the endpoint goes without quotas, and the host-wide guards still hold). */
+static __always_inline struct endpoint_usage *endpoint_usage_get(__u32 ifindex)
+{
+    struct endpoint_usage *u = endpoint_usage_map.lookup(&ifindex);
+    if (u)
+        return u;
+    struct endpoint_usage fresh = {};
+    endpoint_usage_map.insert(&ifindex, &fresh);
+    return endpoint_usage_map.lookup(&ifindex);
+}
+
+static __always_inline void half_open_inc(struct map_pressure *mp, struct endpoint_usage *u,
+                                          struct session_value *s)
 {
     s->flags |= SESSION_FLAG_SYN_COUNTED;
     if (mp)
         __sync_fetch_and_add(&mp->syn_sent_count, 1);
+    if (u) {
+        s->flags |= SESSION_FLAG_EP_SYN_COUNTED;
+        __sync_fetch_and_add(&u->half_open, 1);
+    }
 }
 
-static __always_inline void syn_sent_settle(struct map_pressure *mp, struct session_value *s)
+/* The monitor rewrites both counts from a full scan, so either can be below ours. */
+static __always_inline void half_open_release(struct map_pressure *mp, struct session_value *s)
 {
-    if (!(s->flags & SESSION_FLAG_SYN_COUNTED) || s->state == TCP_SYN_SENT)
+    if (s->flags & SESSION_FLAG_SYN_COUNTED) {
+        s->flags &= ~SESSION_FLAG_SYN_COUNTED;
+        if (mp && mp->syn_sent_count > 0)
+            __sync_fetch_and_add(&mp->syn_sent_count, -1);
+    }
+    if (s->flags & SESSION_FLAG_EP_SYN_COUNTED) {
+        s->flags &= ~SESSION_FLAG_EP_SYN_COUNTED;
+        __u32 ifindex = s->ifindex;
+        struct endpoint_usage *u = endpoint_usage_map.lookup(&ifindex);
+        if (u && u->half_open > 0)
+            __sync_fetch_and_add(&u->half_open, -1);
+    }
+}
+
+static __always_inline void half_open_settle(struct map_pressure *mp, struct session_value *s)
+{
+    if (s->state != TCP_SYN_SENT)
+        half_open_release(mp, s);
+}
+
+/* A session the data plane deletes itself: give back what it was counted in. */
+static __always_inline void session_forget(struct map_pressure *mp, struct session_key *sk,
+                                           struct session_value *s)
+{
+    half_open_release(mp, s);
+    __u32 ifindex = s->ifindex;
+    if (session_map.delete(sk) != 0)
         return;
-    s->flags &= ~SESSION_FLAG_SYN_COUNTED;
-    /* The monitor rewrites the count from a full scan, so it can be below ours. */
-    if (mp && mp->syn_sent_count > 0)
-        __sync_fetch_and_add(&mp->syn_sent_count, -1);
+    if (mp && mp->total_sessions > 0)
+        __sync_fetch_and_add(&mp->total_sessions, -1);
+    struct endpoint_usage *u = endpoint_usage_map.lookup(&ifindex);
+    if (u && u->sessions > 0)
+        __sync_fetch_and_add(&u->sessions, -1);
 }
 
 static __always_inline __u32 pressure_level(struct microseg_config *cfg,
@@ -422,7 +469,8 @@ static __always_inline __u32 pressure_level(struct microseg_config *cfg,
 }
 
 static __always_inline void init_session(struct session_value *s, struct decision *d,
-                                         __u32 epoch, __u8 dir, __u64 len, __u64 now)
+                                         __u32 epoch, __u8 dir, __u64 len, __u64 now,
+                                         __u32 ifindex)
 {
     s->session_id = now;
     s->packets = 1;
@@ -440,6 +488,146 @@ static __always_inline void init_session(struct session_value *s, struct decisio
     s->parser = 0;
     s->direction = dir;
     s->reserved = 0;
+    s->ifindex = ifindex;
+    s->reserved2 = 0;
+}
+
+/* The flow a session stands for, as its initiator sent it (policy sees no ICMP ids). */
+static __always_inline void session_flow(struct session_key *sk, struct session_value *s,
+                                         struct flow *f)
+{
+    f->protocol = sk->protocol;
+    f->direction = s->direction;
+    if (s->direction == MS_DIR_EGRESS) {
+        f->src_ip = sk->src_ip;
+        f->dst_ip = sk->dst_ip;
+        f->src_port = sk->src_port;
+        f->dst_port = sk->dst_port;
+    } else {
+        f->src_ip = sk->dst_ip;
+        f->dst_ip = sk->src_ip;
+        f->src_port = sk->dst_port;
+        f->dst_port = sk->src_port;
+    }
+    if (f->protocol != IPPROTO_TCP && f->protocol != IPPROTO_UDP) {
+        f->src_port = 0;
+        f->dst_port = 0;
+    }
+}
+
+/* Policy changed since this flow was decided: decide it again, as initiated. */
+static __always_inline void reevaluate(struct microseg_config *cfg, struct session_key *sk,
+                                       struct session_value *s, __u32 ifindex, __u64 now)
+{
+    struct flow orig = {};
+    struct decision d = {};
+    session_flow(sk, s, &orig);
+    stat_add(STAT_REEVALUATIONS, 1);
+    decide(cfg, &orig, &d, now);
+    if (d.action == MS_ACTION_LOG && s->action != MS_ACTION_LOG)
+        emit_log(&orig, &d, ifindex, cfg->policy_epoch, LOG_REASON_REEVALUATE,
+                 cfg->log_rate_per_sec, now);
+    s->policy_id = d.policy_id;
+    s->action = d.action;
+    s->policy_ver = cfg->policy_epoch;
+}
+
+/*
+ * Does this packet, sent by the responder side of session s, open a flow of its own?
+ * Then it is decided as its sender's new flow, and a denied attempt leaves s untouched:
+ * no packet of one side can change the verdict of the other side's flow.
+ *   TCP: a bare SYN (outside simultaneous open, where the initiator waits in SYN_SENT).
+ *   ICMP: an echo request.
+ *   UDP and the rest: any packet, when s is denied (a flow a policy change cut): with no
+ *   handshake there is no telling a reply from a new flow, and a cut flow must not keep
+ *   the other side out of the same ports.
+ */
+static __always_inline int opens_own_flow(struct session_value *s, __u8 protocol,
+                                          __u8 tcp_flags, __u8 icmp_type)
+{
+    if (protocol == IPPROTO_TCP)
+        return (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN && s->state != TCP_SYN_SENT;
+    if (protocol == IPPROTO_ICMP)
+        return icmp_type == ICMP_ECHO;
+    return s->action == MS_ACTION_DENY;
+}
+
+/*
+ * The seed's degradation (new flows untracked: allowed ones pass, DNS and ICMP pass, the
+ * rest drops) narrowed so that an explicit deny rule always holds: by default only a
+ * packet the *default action* denied gets the DNS/ICMP passthrough.
+ */
+static __always_inline int degraded_passthrough(struct microseg_config *cfg, struct flow *f,
+                                                struct decision *d)
+{
+    if (f->protocol != IPPROTO_ICMP && f->dst_port != 53)
+        return 0;
+    if (cfg->degraded_passthrough == MS_PASSTHROUGH_ALWAYS)
+        return 1;
+    if (cfg->degraded_passthrough == MS_PASSTHROUGH_NEVER)
+        return 0;
+    if (d->policy_id == 0)
+        return 1;
+    stat_add(STAT_DEGRADED_RULE_DROPS, 1);
+    return 0;
+}
+
+#ifdef MS_CACHE_DENIED_FLOWS
+/* Bench only: the alternative DESIGN.md section 2 names (deny entries keyed so that only
+ * their initiator's side hits them), measured against no session for a denied packet. */
+#define MS_DENY_ENTRIES 1
+#else
+#define MS_DENY_ENTRIES 0
+#endif
+
+/*
+ * An ICMP error quoting a packet of a tracked session: the session key of the quoted
+ * packet, or -1. The quoted packet must be one the error's receiver sent (its source is
+ * the error's destination), whole within the datagram, and not a later fragment.
+ */
+static __always_inline int icmp_error_key(void *l4, void *data_end, __u32 room,
+                                          struct iphdr *outer, __u8 dir,
+                                          struct session_key *sk)
+{
+    struct iphdr *in = l4 + sizeof(struct icmp_echo_hdr);
+    if ((void *)(in + 1) > data_end || room < sizeof(struct icmp_echo_hdr) + sizeof(*in))
+        return -1;
+    __u32 in_ihl = (in->ihl & 0xf) * 4;
+    if (in_ihl < sizeof(*in) || room < sizeof(struct icmp_echo_hdr) + in_ihl + 8)
+        return -1;
+    if (bpf_ntohs(in->frag_off) & IP_OFFMASK)
+        return -1;
+    __u8 *in_l4 = (void *)in + in_ihl;
+    if ((void *)(in_l4 + 8) > data_end)
+        return -1;
+    __u16 sport = 0, dport = 0;
+    if (in->protocol == IPPROTO_TCP || in->protocol == IPPROTO_UDP) {
+        sport = ((__u16)in_l4[0] << 8) | in_l4[1];
+        dport = ((__u16)in_l4[2] << 8) | in_l4[3];
+    } else if (in->protocol == IPPROTO_ICMP) {
+        if (in_l4[0] != ICMP_ECHO && in_l4[0] != ICMP_ECHOREPLY)
+            return -1;     /* an error about an error: never related */
+        sport = dport = ((__u16)in_l4[4] << 8) | in_l4[5];
+    }
+    sk->protocol = in->protocol;
+    if (dir == MS_DIR_INGRESS) {
+        /* The container receives the error about a packet it sent. */
+        if (in->saddr != outer->daddr)
+            return -1;
+        sk->src_ip = in->saddr;
+        sk->dst_ip = in->daddr;
+        sk->src_port = sport;
+        sk->dst_port = dport;
+    } else {
+        /* The container reports an error about a packet it received. */
+        if (in->daddr != outer->saddr)
+            return -1;
+        sk->src_ip = in->daddr;
+        sk->dst_ip = in->saddr;
+        sk->src_port = dport;
+        sk->dst_port = sport;
+    }
+    return 0;
 }
 
 /* ---- the packet path ------------------------------------------------------------ */
@@ -451,6 +639,7 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
     __u64 len = skb->len;
     __u64 now = bpf_ktime_get_ns();
     __u32 zero = 0;
+    __u32 ifindex = skb->ifindex;
 
     stat_add(STAT_TOTAL_PACKETS, 1);
     stat_add(STAT_TOTAL_BYTES, len);
@@ -492,8 +681,7 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
         return verdict_drop(len);
     }
 
-    if (dir == MS_DIR_EGRESS && (cfg->flags & 1)) {
-        __u32 ifindex = skb->ifindex;
+    if (dir == MS_DIR_EGRESS && (cfg->flags & MS_CFG_ANTISPOOF)) {
         struct endpoint_value *ep = endpoint_map.lookup(&ifindex);
         if (ep && ep->ip != iph->saddr) {
             stat_add(STAT_SPOOF_DROPS, 1);
@@ -528,9 +716,11 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
         .protocol = iph->protocol,
         .direction = dir,
     };
-    __u8 tcp_flags = 0;
+    __u8 tcp_flags = 0, icmp_type = 0xff;
     __u32 seq = 0, ack_seq = 0, payload = 0;
     __u16 session_port = 0;
+    int icmp_error = 0;
+    struct session_key related = {};
     void *l4 = (void *)iph + ihl_bytes;
     if (iph->protocol == IPPROTO_TCP) {
         struct tcphdr *tcp = l4;
@@ -559,10 +749,35 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
             stat_add(STAT_TRUNCATED_DROPS, 1);
             return verdict_drop(len);
         }
+        icmp_type = icmp->type;
         /* Echo request and reply share the identifier: it tells pings apart, so a ping
          * one way does not open the other way. Policy still sees ICMP without ports. */
-        if (icmp->type == ICMP_ECHO || icmp->type == ICMP_ECHOREPLY)
+        if (icmp_type == ICMP_ECHO || icmp_type == ICMP_ECHOREPLY)
             session_port = bpf_ntohs(icmp->id);
+        else if (icmp_type == ICMP_DEST_UNREACH_TYPE || icmp_type == ICMP_TIME_EXCEEDED_TYPE ||
+                 icmp_type == ICMP_PARAMETERPROB_TYPE)
+            icmp_error = 1;
+    }
+
+    struct map_pressure *mp = pressure_get();
+    struct decision d = {};
+    __u8 action;
+
+    if (icmp_error) {
+        /* Related to the session of the packet it quotes: that session's verdict (PMTU
+         * discovery under default deny). It neither creates nor refreshes a session. */
+        if (icmp_error_key(l4, data_end, tot_len - ihl_bytes, iph, dir, &related) == 0) {
+            struct session_value *rs = session_map.lookup(&related);
+            if (rs) {
+                stat_add(STAT_ICMP_RELATED, 1);
+                if (rs->policy_ver != cfg->policy_epoch)
+                    reevaluate(cfg, &related, rs, ifindex, now);
+                if (rs->action == MS_ACTION_DENY)
+                    return verdict_drop(len);
+                return verdict_pass(len);
+            }
+        }
+        /* Quoting no session: decided by policy as ICMP, below, and left untracked. */
     }
 
     /* Sessions are keyed container-first, so both directions find the same entry. */
@@ -584,11 +799,34 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
         sk.dst_port = f.src_port;
     }
 
-    struct map_pressure *mp = pressure_get();
-    struct decision d = {};
-    __u8 action;
-    struct session_value *s = session_map.lookup(&sk);
-    if (s) {
+    int is_syn = f.protocol == IPPROTO_TCP && (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+    struct session_value *s = icmp_error ? NULL : session_map.lookup(&sk);
+    if (s && s->policy_ver != cfg->policy_epoch)
+        reevaluate(cfg, &sk, s, ifindex, now);
+    if (s && s->direction != dir && (MS_DENY_ENTRIES ? s->action == MS_ACTION_DENY :
+                                     opens_own_flow(s, f.protocol, tcp_flags, icmp_type))) {
+        /* The responder side opens a flow of its own: decided as its sender's. */
+        stat_add(STAT_REVERSE_NEW_FLOWS, 1);
+        decide(cfg, &f, &d, now);
+        action = d.action;
+        if (action != MS_ACTION_DENY &&
+            (s->action == MS_ACTION_DENY || s->state == TCP_TIME_WAIT || s->state == TCP_CLOSE)) {
+            /* What it replaces is over (cut, or closed): the slot becomes the new flow's. */
+            half_open_release(mp, s);
+            init_session(s, &d, cfg->policy_epoch, dir, len, now, s->ifindex);
+            if (f.protocol == IPPROTO_TCP) {
+                s->state = is_syn ? TCP_SYN_SENT : TCP_ESTABLISHED;
+                s->seq_init = seq;
+                if (is_syn) {
+                    __u32 sidx = s->ifindex;
+                    half_open_inc(mp, endpoint_usage_map.lookup(&sidx), s);
+                }
+            }
+        }
+        if (d.action == MS_ACTION_LOG)
+            emit_log(&f, &d, ifindex, cfg->policy_epoch, LOG_REASON_NEW_FLOW,
+                     cfg->log_rate_per_sec, now);
+    } else if (s) {
         stat_add(STAT_SESSION_HITS, 1);
         __sync_fetch_and_add(&s->packets, 1);
         __sync_fetch_and_add(&s->bytes, len);
@@ -601,82 +839,78 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
                 stat_add(STAT_INVALID_STATE_TRANS, 1);
             else if (r > 0)
                 restart = 1;
-            syn_sent_settle(mp, s);
+            half_open_settle(mp, s);
         }
-
+        action = s->action;
         if (restart) {
             /* Port reuse after a close: a new flow, decided afresh. */
             decide(cfg, &f, &d, now);
-            init_session(s, &d, cfg->policy_epoch, dir, len, now);
-            s->state = TCP_SYN_SENT;
-            s->seq_init = seq;
-            syn_sent_inc(mp, s);
-            if (d.action == MS_ACTION_LOG)
-                emit_log(&f, &d, skb->ifindex, s->policy_ver, LOG_REASON_NEW_FLOW,
-                         cfg->log_rate_per_sec, now);
-        } else if (s->policy_ver != cfg->policy_epoch) {
-            /* Policy changed since this flow was decided: decide it again, as initiated. */
-            struct flow orig = { .protocol = sk.protocol, .direction = s->direction };
-            if (s->direction == MS_DIR_EGRESS) {
-                orig.src_ip = sk.src_ip;
-                orig.dst_ip = sk.dst_ip;
-                orig.src_port = sk.src_port;
-                orig.dst_port = sk.dst_port;
+            action = d.action;
+            if (action == MS_ACTION_DENY && !MS_DENY_ENTRIES) {
+                session_forget(mp, &sk, s);   /* a denied first packet leaves nothing */
             } else {
-                orig.src_ip = sk.dst_ip;
-                orig.dst_ip = sk.src_ip;
-                orig.src_port = sk.dst_port;
-                orig.dst_port = sk.src_port;
+                init_session(s, &d, cfg->policy_epoch, dir, len, now, s->ifindex);
+                s->state = TCP_SYN_SENT;
+                s->seq_init = seq;
+                __u32 sidx = s->ifindex;
+                half_open_inc(mp, endpoint_usage_map.lookup(&sidx), s);
             }
-            if (orig.protocol != IPPROTO_TCP && orig.protocol != IPPROTO_UDP) {
-                orig.src_port = 0;   /* ICMP echo ids key the session, not the policy */
-                orig.dst_port = 0;
-            }
-            stat_add(STAT_REEVALUATIONS, 1);
-            decide(cfg, &orig, &d, now);
-            if (d.action == MS_ACTION_LOG && s->action != MS_ACTION_LOG)
-                emit_log(&orig, &d, skb->ifindex, cfg->policy_epoch, LOG_REASON_REEVALUATE,
+            if (d.action == MS_ACTION_LOG)
+                emit_log(&f, &d, ifindex, cfg->policy_epoch, LOG_REASON_NEW_FLOW,
                          cfg->log_rate_per_sec, now);
-            s->policy_id = d.policy_id;
-            s->action = d.action;
-            s->policy_ver = cfg->policy_epoch;
         }
-        action = s->action;
     } else {
         stat_add(STAT_NEW_SESSIONS, 1);
-        int is_syn = f.protocol == IPPROTO_TCP &&
-                     (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+        struct endpoint_usage *u = endpoint_usage_get(ifindex);
 
         if (is_syn && cfg->syn_flood_threshold && mp &&
             mp->syn_sent_count >= cfg->syn_flood_threshold) {
             stat_add(STAT_TCP_SYN_FLOODS, 1);
             return verdict_drop(len);
         }
-        __u32 level = pressure_level(cfg, mp);
+        if (is_syn && u && cfg->endpoint_half_open_quota &&
+            u->half_open >= cfg->endpoint_half_open_quota) {
+            /* This endpoint's own flood: its new SYNs drop, the others' do not. */
+            stat_add(STAT_ENDPOINT_SYN_DROPS, 1);
+            __sync_fetch_and_add(&u->syn_quota_drops, 1);
+            return verdict_drop(len);
+        }
+        int degraded = pressure_level(cfg, mp) == PRESSURE_CRITICAL;
+        if (u && cfg->endpoint_session_quota && u->sessions >= cfg->endpoint_session_quota) {
+            stat_add(STAT_ENDPOINT_DEGRADED, 1);
+            __sync_fetch_and_add(&u->degraded_flows, 1);
+            degraded = 1;
+        }
 
         decide(cfg, &f, &d, now);
         action = d.action;
 
-        struct session_value ns = {};
-        init_session(&ns, &d, cfg->policy_epoch, dir, len, now);
-        if (f.protocol == IPPROTO_TCP) {
-            if (is_syn) {
-                ns.state = TCP_SYN_SENT;
-                ns.seq_init = seq;
-            } else {
-                ns.state = TCP_ESTABLISHED;
-                ns.flags |= SESSION_FLAG_PICKUP;
-            }
-        }
-
         int tracked = 0;
-        if (level != PRESSURE_CRITICAL) {
+        if (icmp_error) {
+            /* An error message quoting no session: policy decides it, nothing is kept. */
+        } else if (action == MS_ACTION_DENY && !MS_DENY_ENTRIES) {
+            /* No session for a denied first packet: it leaves nothing that a packet of
+             * another initiator could hit (conntrack never confirms a dropped packet). */
+        } else if (!degraded) {
+            struct session_value ns = {};
+            init_session(&ns, &d, cfg->policy_epoch, dir, len, now, ifindex);
+            if (f.protocol == IPPROTO_TCP) {
+                if (is_syn) {
+                    ns.state = TCP_SYN_SENT;
+                    ns.seq_init = seq;
+                } else {
+                    ns.state = TCP_ESTABLISHED;   /* mid-stream pickup, allowed flows only */
+                    ns.flags |= SESSION_FLAG_PICKUP;
+                }
+            }
             /* An LRU map evicts rather than failing once full; count what it must evict. */
             int evicting = mp && cfg->session_max && mp->total_sessions >= cfg->session_max;
             if (is_syn)
-                syn_sent_inc(mp, &ns);
+                half_open_inc(mp, u, &ns);
             if (session_map.insert(&sk, &ns) == 0) {
                 tracked = 1;
+                if (u)
+                    __sync_fetch_and_add(&u->sessions, 1);
                 if (mp) {
                     if (evicting) {
                         __sync_fetch_and_add(&mp->evictions, 1);
@@ -686,27 +920,25 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
                     }
                 }
             } else {
-                if (is_syn && mp && mp->syn_sent_count > 0)
-                    __sync_fetch_and_add(&mp->syn_sent_count, -1);
+                half_open_release(mp, &ns);
                 if (mp)
                     __sync_fetch_and_add(&mp->insertion_failures, 1);
                 stat_add(STAT_INSERT_FAILURES, 1);
             }
         }
-        if (!tracked) {
-            /* The seed's degradation: allowed traffic passes untracked, DNS and ICMP
-             * pass, everything else is dropped. */
+        if (!tracked && !icmp_error) {
             if (action != MS_ACTION_DENY) {
                 stat_add(STAT_UNTRACKED_PASSES, 1);
-            } else if (f.protocol == IPPROTO_ICMP || f.dst_port == 53) {
+            } else if (degraded && degraded_passthrough(cfg, &f, &d)) {
                 stat_add(STAT_UNTRACKED_PASSES, 1);
+                stat_add(STAT_DEGRADED_PASSTHROUGH, 1);
                 action = MS_ACTION_ALLOW;
-            } else {
+            } else if (degraded) {
                 stat_add(STAT_MAP_FULL_DROPS, 1);
             }
         }
         if (d.action == MS_ACTION_LOG)
-            emit_log(&f, &d, skb->ifindex, cfg->policy_epoch, LOG_REASON_NEW_FLOW,
+            emit_log(&f, &d, ifindex, cfg->policy_epoch, LOG_REASON_NEW_FLOW,
                      cfg->log_rate_per_sec, now);
     }
 

@@ -49,6 +49,21 @@
 #define SESSION_FLAG_FIN_ORIG       0x0040  /* fin_seq_orig is valid */
 #define SESSION_FLAG_FIN_REPLY      0x0080  /* fin_seq_reply is valid */
 #define SESSION_FLAG_PICKUP         0x0100  /* first packet seen was mid-stream TCP */
+#define SESSION_FLAG_EP_SYN_COUNTED 0x0200  /* counted in its endpoint's half_open */
+
+/* microseg_config.flags */
+#define MS_CFG_ANTISPOOF            0x0001
+
+/* microseg_config.degraded_passthrough: which denied DNS/ICMP first packets pass while
+ * new flows are degraded (critical pressure, or their endpoint over its session quota). */
+#define MS_PASSTHROUGH_DEFAULT_ONLY 0   /* only those the default action denied */
+#define MS_PASSTHROUGH_ALWAYS       1   /* the seed's rule: deny rules too */
+#define MS_PASSTHROUGH_NEVER        2
+
+/* ICMP error types that quote the packet they are about (RFC 792). */
+#define ICMP_DEST_UNREACH_TYPE      3
+#define ICMP_TIME_EXCEEDED_TYPE     11
+#define ICMP_PARAMETERPROB_TYPE     12
 
 /* range_value.flags */
 #define RANGE_FLAG_FINAL            0x0001  /* policy_id/action decide; next_class unused */
@@ -87,7 +102,13 @@
 #define STAT_REEVALUATIONS         21
 #define STAT_SPOOF_DROPS           22
 #define STAT_INSERT_FAILURES       23
-#define STAT_MAX                   24
+#define STAT_DEGRADED_PASSTHROUGH  24  /* denied by the default, passed as DNS/ICMP */
+#define STAT_DEGRADED_RULE_DROPS   25  /* DNS/ICMP a deny rule matched, held while degraded */
+#define STAT_ENDPOINT_SYN_DROPS    26  /* SYNs over their endpoint's half-open quota */
+#define STAT_ENDPOINT_DEGRADED     27  /* new flows of an endpoint over its session quota */
+#define STAT_ICMP_RELATED          28  /* ICMP errors decided by the session they quote */
+#define STAT_REVERSE_NEW_FLOWS     29  /* a session's responder opening a flow of its own */
+#define STAT_MAX                   30
 
 /* ---- map keys and values ----------------------------------------------------- */
 
@@ -183,6 +204,8 @@ struct session_value {
     __u16 parser;
     __u8  direction;      /* direction of the packet that created the session */
     __u8  reserved;
+    __u32 ifindex;        /* the endpoint (host-side interface) whose hook created it */
+    __u32 reserved2;
 };
 
 struct map_pressure {
@@ -209,7 +232,23 @@ struct microseg_config {
     __u32 pressure_crit_sessions;
     __u32 session_max;
     __u32 log_rate_per_sec;
-    __u32 flags;
+    __u32 flags;                  /* MS_CFG_* */
+    __u32 endpoint_half_open_quota; /* SYN_SENT sessions per endpoint; 0: no quota */
+    __u32 endpoint_session_quota;   /* sessions per endpoint; 0: no quota */
+    __u8  degraded_passthrough;     /* MS_PASSTHROUGH_* */
+    __u8  pad[3];
+};
+
+/*
+ * endpoint_usage_map, keyed by the host-side ifindex. The data plane counts up as it
+ * creates sessions; the monitor's recount rewrites sessions and half_open (LRU evictions
+ * and expiry are invisible to the data plane) and leaves the drop counters alone.
+ */
+struct endpoint_usage {
+    __u64 sessions;
+    __u64 half_open;          /* TCP sessions in SYN_SENT */
+    __u64 syn_quota_drops;    /* SYNs dropped over endpoint_half_open_quota */
+    __u64 degraded_flows;     /* new flows degraded over endpoint_session_quota */
 };
 
 struct rule_stats {

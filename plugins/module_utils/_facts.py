@@ -82,6 +82,34 @@ def top_rules(pinned, pin_path, config, count):
             for hits, policy_id, last_hit in rows[:count]]
 
 
+def endpoint_usage(pinned, links, config):
+    """{interface: usage and quotas} of every endpoint the data plane has counted.
+
+    sessions and half_open are the monitor's last recount plus what the data plane
+    counted since; over_quota says which quota currently degrades or drops its new flows.
+    """
+    names = dict((link["index"], link["name"]) for link in links)
+    out = {}
+    for key, usage in pinned.items("endpoint_usage_map"):
+        over = []
+        if config.endpoint_session_quota and usage.sessions >= config.endpoint_session_quota:
+            over.append("sessions")
+        if config.endpoint_half_open_quota and \
+                usage.half_open >= config.endpoint_half_open_quota:
+            over.append("half_open")
+        out[names.get(key.value, "ifindex-%d" % key.value)] = {
+            "ifindex": key.value,
+            "sessions": usage.sessions,
+            "half_open": usage.half_open,
+            "session_quota": config.endpoint_session_quota,
+            "half_open_quota": config.endpoint_half_open_quota,
+            "syn_quota_drops": usage.syn_quota_drops,
+            "degraded_flows": usage.degraded_flows,
+            "over_quota": over,
+        }
+    return out
+
+
 def monotonic_to_wall():
     """A function from a bpf_ktime_get_ns() timestamp to epoch seconds."""
     offset = time.time() - time.monotonic()
@@ -183,7 +211,11 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=
             "pressure_warn_sessions": config.pressure_warn_sessions,
             "pressure_crit_sessions": config.pressure_crit_sessions,
             "log_rate": config.log_rate_per_sec,
+            "degraded_passthrough": _maps.PASSTHROUGH_MODE_NAMES.get(config.degraded_passthrough),
+            "endpoint_half_open_quota": config.endpoint_half_open_quota,
+            "endpoint_session_quota": config.endpoint_session_quota,
         }
+        facts["endpoints"] = endpoint_usage(pinned, links, config)
         facts["pressure"] = {
             "total_sessions": pressure.total_sessions,
             "syn_sent_count": pressure.syn_sent_count,

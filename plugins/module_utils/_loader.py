@@ -292,7 +292,9 @@ def set_aside(pin_path, names):
 def migrate_maps(pin_path, names):
     """Copy entries from maps set aside into their resized replacements, then unpin the old.
 
-    Returns {map: copied}. A smaller new map keeps as many entries as fit.
+    Returns {map: copied}. A smaller new map keeps as many entries as fit. A value that
+    grew (a new release appends fields to a struct: microseg.h only ever appends) is copied
+    with its new tail zeroed; any other change of layout starts the map empty.
     """
     copied = {}
     for name in names:
@@ -304,11 +306,16 @@ def migrate_maps(pin_path, names):
             new_fd = bpf.obj_get(os.path.join(pin_path, name))
             try:
                 new_max = bpf.map_info(new_fd)["max_entries"]
+                old_info = bpf.map_info(old_fd)
+                old_value_size = old_info["value_size"]
                 items = []
-                for key, value in bpf.map_lookup_batch(old_fd, spec.key_size, spec.value_size):
-                    items.append((key, value))
-                    if len(items) >= new_max:
-                        break
+                if old_info["key_size"] == spec.key_size and old_value_size <= spec.value_size:
+                    tail = b"\0" * (spec.value_size - old_value_size)
+                    for key, value in bpf.map_lookup_batch(old_fd, spec.key_size,
+                                                           old_value_size):
+                        items.append((bytes(key), bytes(value) + tail))
+                        if len(items) >= new_max:
+                            break
                 if items:
                     count = bpf.map_update_batch(new_fd, items, spec.key_size, spec.value_size, 0)
             finally:

@@ -34,6 +34,10 @@ L3_MODE_NAMES = dict((v, k) for k, v in L3_MODES.items())
 
 CONFIG_FLAG_ANTISPOOF = 1
 
+# microseg_config.degraded_passthrough (MS_PASSTHROUGH_*)
+PASSTHROUGH_MODES = {"default_only": 0, "always": 1, "never": 2}
+PASSTHROUGH_MODE_NAMES = dict((v, k) for k, v in PASSTHROUGH_MODES.items())
+
 RANGE_FLAG_FINAL = 0x0001
 
 TCP_STATES = [
@@ -46,6 +50,7 @@ SESSION_FLAG_INGRESS = 0x0001
 SESSION_FLAG_POLICY_CACHED = 0x0010
 SESSION_FLAG_SYN_COUNTED = 0x0020
 SESSION_FLAG_PICKUP = 0x0100
+SESSION_FLAG_EP_SYN_COUNTED = 0x0200
 
 PRESSURE_LEVELS = ["normal", "warning", "critical"]
 
@@ -57,6 +62,8 @@ STAT_NAMES = [
     "truncated_drops", "non_ipv4_passed", "non_ipv4_dropped", "fragments",
     "fragment_drops", "log_events", "log_suppressed", "untracked_passes",
     "reevaluations", "spoof_drops", "insert_failures",
+    "degraded_passthrough", "degraded_rule_drops", "endpoint_syn_drops",
+    "endpoint_degraded", "icmp_related", "reverse_new_flows",
 ]
 STAT = dict((name, i) for i, name in enumerate(STAT_NAMES))
 STAT_MAX = len(STAT_NAMES)
@@ -148,6 +155,7 @@ class SessionValue(_Struct):
         ("policy_ver", ctypes.c_uint32), ("fin_seq_orig", ctypes.c_uint32),
         ("fin_seq_reply", ctypes.c_uint32), ("parser", ctypes.c_uint16),
         ("direction", ctypes.c_uint8), ("reserved", ctypes.c_uint8),
+        ("ifindex", ctypes.c_uint32), ("reserved2", ctypes.c_uint32),
     ]
 
 
@@ -166,6 +174,15 @@ class MicrosegConfig(_Struct):
         ("syn_flood_threshold", ctypes.c_uint32), ("pressure_warn_sessions", ctypes.c_uint32),
         ("pressure_crit_sessions", ctypes.c_uint32), ("session_max", ctypes.c_uint32),
         ("log_rate_per_sec", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+        ("endpoint_half_open_quota", ctypes.c_uint32), ("endpoint_session_quota", ctypes.c_uint32),
+        ("degraded_passthrough", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class EndpointUsage(_Struct):
+    _fields_ = [
+        ("sessions", ctypes.c_uint64), ("half_open", ctypes.c_uint64),
+        ("syn_quota_drops", ctypes.c_uint64), ("degraded_flows", ctypes.c_uint64),
     ]
 
 
@@ -212,7 +229,7 @@ MIRRORS = {
     "session_key": SessionKey, "session_value": SessionValue, "map_pressure": MapPressure,
     "microseg_config": MicrosegConfig, "rule_stats": RuleStats, "frag_key": FragKey,
     "frag_value": FragValue, "log_rate": LogRate, "endpoint_value": EndpointValue,
-    "log_event": LogEvent,
+    "log_event": LogEvent, "endpoint_usage": EndpointUsage,
 }
 
 
@@ -283,6 +300,8 @@ MAP_SPECS = [
             size_param="frag_map_size"),
     MapSpec("log_rate_map", bpf.BPF_MAP_TYPE_ARRAY, U32, LogRate, max_entries=1),
     MapSpec("endpoint_map", bpf.BPF_MAP_TYPE_HASH, U32, EndpointValue,
+            size_param="endpoint_map_size"),
+    MapSpec("endpoint_usage_map", bpf.BPF_MAP_TYPE_HASH, U32, EndpointUsage,
             size_param="endpoint_map_size"),
     MapSpec("log_events", bpf.BPF_MAP_TYPE_RINGBUF, None, None, size_param="log_ring_pages"),
 ]

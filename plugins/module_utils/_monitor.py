@@ -124,6 +124,22 @@ def render_metrics(snapshot):
                 for rule in snapshot["rules"]])
         family("microseg_attached_interfaces", "gauge", "Interfaces carrying the program.",
                [({}, snapshot["attached"])])
+        endpoints = snapshot.get("endpoints") or []
+        for name, kind, field, help_text in (
+                ("microseg_endpoint_sessions", "gauge", "sessions",
+                 "Sessions of each endpoint (host-side interface) at the last recount."),
+                ("microseg_endpoint_half_open", "gauge", "half_open",
+                 "TCP sessions in SYN_SENT of each endpoint at the last recount."),
+                ("microseg_endpoint_session_quota", "gauge", "session_quota",
+                 "Sessions an endpoint may hold before its new flows degrade (0: none)."),
+                ("microseg_endpoint_half_open_quota", "gauge", "half_open_quota",
+                 "SYN_SENT sessions an endpoint may hold before its SYNs drop (0: none)."),
+                ("microseg_endpoint_syn_quota_drops_total", "counter", "syn_quota_drops",
+                 "SYNs dropped over the endpoint's half-open quota."),
+                ("microseg_endpoint_degraded_flows_total", "counter", "degraded_flows",
+                 "New flows degraded over the endpoint's session quota.")):
+            family(name, kind, help_text,
+                   [({"interface": row["interface"]}, row[field]) for row in endpoints])
     family("microseg_log_events_written_total", "counter", "LOG events written as JSON lines.",
            [({}, snapshot.get("events_written", 0))])
     family("microseg_monitor_tick_seconds", "gauge", "Duration of the last recount/expiry pass.",
@@ -278,6 +294,7 @@ class Monitor:
         self.err = err or sys.stderr
         self.plane = DataPlane(options.pin_path)
         self.timeouts = _sessions.timeouts_ns(options.timeouts)
+        self.endpoint_usage = {}
         self.stopping = False
         self.metrics = None
         self.events = None
@@ -412,6 +429,14 @@ class Monitor:
             pressure.pressure_level = pressure_level(sweep["total"], config)
             pressure.last_check = time.monotonic_ns()
             maps.write_pressure(pressure)
+            live = None
+            if self.ipr is not None:
+                seen = set(self.endpoint_usage) | set(sweep["by_endpoint"])
+                if any(index not in self.ifnames for index in seen):
+                    self._refresh_ifnames()
+                live = set(self.ifnames)
+            self.endpoint_usage = _sessions.rewrite_endpoint_usage(
+                maps, sweep["by_endpoint"], live)
         except OSError as exc:
             self.say("tick failed: %s" % exc)
             self.plane.close()
@@ -458,8 +483,23 @@ class Monitor:
             "attached": len(_facts.attachment(self.ipr, self.options.pin_path)) if self.ipr is not None else 0,
             "events_written": self.events_written,
             "tick_seconds": self.tick_seconds,
+            "endpoints": self._endpoint_rows(config),
         }
         self.metrics.publish(render_metrics(snapshot))
+
+    def _endpoint_rows(self, config):
+        """Per endpoint: its interface name, usage as last recounted, and its quotas."""
+        rows = []
+        for ifindex, usage in sorted(self.endpoint_usage.items()):
+            rows.append({
+                "interface": self.ifnames.get(ifindex, str(ifindex)),
+                "sessions": usage.sessions, "half_open": usage.half_open,
+                "syn_quota_drops": usage.syn_quota_drops,
+                "degraded_flows": usage.degraded_flows,
+                "session_quota": config.endpoint_session_quota if config else 0,
+                "half_open_quota": config.endpoint_half_open_quota if config else 0,
+            })
+        return rows
 
     def _rules(self, config):
         names = self._rule_names(config)

@@ -61,6 +61,10 @@ def validate(params):
                               params["pressure_critical_percent"]))
     if params["syn_flood_threshold"] < 0 or params["log_rate"] < 0:
         raise ProgramError("syn_flood_threshold and log_rate must not be negative")
+    for name in ("endpoint_half_open_quota", "endpoint_session_quota"):
+        value = params.get(name)
+        if value is not None and not 0 <= value <= 0xffffffff:
+            raise ProgramError("%s: %d is out of range (0 disables the quota)" % (name, value))
     for interface, address in (params.get("endpoints") or {}).items():
         try:
             socket.inet_aton(address)
@@ -89,7 +93,16 @@ def desired_config_fields(params, sizes):
         "session_max": session_max,
         "log_rate_per_sec": params["log_rate"],
         "flags": _maps.CONFIG_FLAG_ANTISPOOF if params.get("endpoints") else 0,
+        "endpoint_half_open_quota": _param(params, "endpoint_half_open_quota", 2048),
+        "endpoint_session_quota": _param(params, "endpoint_session_quota", session_max // 2),
+        "degraded_passthrough": _maps.PASSTHROUGH_MODES[
+            _param(params, "degraded_passthrough", "default_only")],
     }
+
+
+def _param(params, name, default):
+    value = params.get(name)
+    return default if value is None else value
 
 
 def _config_view(fields):
@@ -102,6 +115,9 @@ def _config_view(fields):
         "session_max": fields["session_max"],
         "log_rate": fields["log_rate_per_sec"],
         "anti_spoofing": bool(fields["flags"] & _maps.CONFIG_FLAG_ANTISPOOF),
+        "endpoint_half_open_quota": fields["endpoint_half_open_quota"],
+        "endpoint_session_quota": fields["endpoint_session_quota"],
+        "degraded_passthrough": _maps.PASSTHROUGH_MODE_NAMES.get(fields["degraded_passthrough"]),
     }
 
 

@@ -66,9 +66,11 @@ def field_picker(struct_type, names):
 
 
 _KEY_STRUCT, _KEY_ORDER = field_picker(_maps.SessionKey, ("protocol",))
-_VALUE_STRUCT, _VALUE_ORDER = field_picker(_maps.SessionValue, ("last_seen", "action", "state"))
+_VALUE_STRUCT, _VALUE_ORDER = field_picker(_maps.SessionValue,
+                                           ("last_seen", "action", "state", "ifindex"))
 _SUMMARY_STRUCT, _SUMMARY_ORDER = field_picker(_maps.SessionValue, ("action", "state"))
-if _VALUE_ORDER != ["last_seen", "action", "state"] or _SUMMARY_ORDER != ["action", "state"]:
+if _VALUE_ORDER != ["last_seen", "action", "state", "ifindex"] or \
+        _SUMMARY_ORDER != ["action", "state"]:
     raise ImportError("session_value fields moved: the scans below unpack them by position")
 KEY_SIZE = ctypes.sizeof(_maps.SessionKey)
 VALUE_SIZE = ctypes.sizeof(_maps.SessionValue)
@@ -141,30 +143,70 @@ def sweep(pinned, now_ns, timeouts, delete=True):
     """Count live and SYN_SENT sessions and delete the ones idle past their timeout.
 
     `timeouts` is the output of timeouts_ns(). Returns {"total", "syn_sent", "expired",
-    "expired_by_class"}; total and syn_sent exclude what was deleted.
+    "expired_by_class", "by_endpoint"}; by_endpoint is {ifindex: [sessions, syn_sent]} of
+    the endpoint (host-side interface) whose hook created each session, counted like total
+    and syn_sent.
     """
     total = 0
     syn_sent = 0
     doomed = []
     by_class = {}
     limits = {}
+    by_endpoint = collections.defaultdict(lambda: [0, 0])
     for keys, values, count in _chunks(pinned):
         total += count
         protocols = [k[0] for k in _KEY_STRUCT.iter_unpack(keys)]
-        for index, (last_seen, _action, state) in enumerate(_VALUE_STRUCT.iter_unpack(values)):
+        for index, (last_seen, _action, state, ifindex) in \
+                enumerate(_VALUE_STRUCT.iter_unpack(values)):
             protocol = protocols[index]
             slot = (protocol, state if protocol == TCP else 0)
             klass = limits.get(slot)
             if klass is None:
                 klass = timeout_class(protocol, state)
                 limits[slot] = klass
+            usage = by_endpoint[ifindex]
             if now_ns - last_seen > timeouts[klass]:
                 doomed.append(keys[index * KEY_SIZE:(index + 1) * KEY_SIZE])
                 by_class[klass] = by_class.get(klass, 0) + 1
-            elif protocol == TCP and state == SYN_SENT:
-                syn_sent += 1
+                if not delete:
+                    usage[0] += 1    # still there, like `total`; not half-open any more
+            else:
+                usage[0] += 1
+                if protocol == TCP and state == SYN_SENT:
+                    syn_sent += 1
+                    usage[1] += 1
     deleted = 0
     if doomed and delete:
         deleted = bpf.map_delete_batch(pinned.fd("session_map"), doomed, KEY_SIZE)
     return {"total": total - (deleted if delete else 0), "syn_sent": syn_sent,
-            "expired": deleted if delete else len(doomed), "expired_by_class": by_class}
+            "expired": deleted if delete else len(doomed), "expired_by_class": by_class,
+            "by_endpoint": dict(by_endpoint)}
+
+
+def rewrite_endpoint_usage(pinned, by_endpoint, live_ifindexes=None):
+    """Write the recount into endpoint_usage_map, so the per-endpoint quotas act on real
+    numbers (LRU evictions and expiry are invisible to the data plane).
+
+    Only sessions and half_open are rewritten; the drop counters keep counting. An entry
+    of an interface that is gone (not in live_ifindexes) and holds no session is deleted.
+    Returns {ifindex: EndpointUsage} as written.
+    """
+    current = dict((key.value, value) for key, value in pinned.items("endpoint_usage_map"))
+    written = {}
+    for ifindex in set(current) | set(by_endpoint):
+        sessions, half_open = by_endpoint.get(ifindex, (0, 0))
+        usage = current.get(ifindex) or _maps.EndpointUsage()
+        if not sessions and live_ifindexes is not None and ifindex not in live_ifindexes:
+            if ifindex in current:
+                pinned.delete("endpoint_usage_map", _maps.U32(ifindex))
+            continue
+        if ifindex in current and (usage.sessions, usage.half_open) == (sessions, half_open):
+            written[ifindex] = usage
+            continue
+        usage.sessions, usage.half_open = sessions, half_open
+        try:
+            pinned.update("endpoint_usage_map", _maps.U32(ifindex), usage)
+        except OSError:
+            continue     # the map is full: that endpoint goes without its quota, as in C
+        written[ifindex] = usage
+    return written

@@ -105,3 +105,29 @@ def verdict(policy, direction, src_ip, dst_ip, protocol, src_port=0, dst_port=0)
         return policy.default_action[direction], 0
     best = found[0][1]
     return best.action, best.policy_id
+
+
+PASSTHROUGH_MODES = ("default_only", "always", "never")
+ICMP = 1
+DNS_PORT = 53
+
+
+def degraded_passes(policy, direction, src_ip, dst_ip, protocol, src_port=0, dst_port=0,
+                    passthrough="default_only"):
+    """(passes, action, policy_id) for the first packet of a flow while new flows are
+    degraded (critical map pressure, or its endpoint over its session quota).
+
+    The seed's degradation: allowed flows pass untracked, DNS and ICMP pass, the rest is
+    dropped. DESIGN.md section 2 narrows the passthrough: with `default_only` (the default)
+    only a packet the default action denied passes as DNS/ICMP; a deny rule always holds.
+    """
+    if passthrough not in PASSTHROUGH_MODES:
+        raise ValueError("passthrough: %r is not one of %s" % (passthrough, PASSTHROUGH_MODES))
+    action, policy_id = verdict(policy, direction, src_ip, dst_ip, protocol, src_port, dst_port)
+    protocol = PROTOCOLS.get(protocol, protocol) if isinstance(protocol, str) else protocol
+    if action != "deny":
+        return True, action, policy_id
+    dns_or_icmp = protocol == ICMP or (protocol in PORT_PROTOCOLS and dst_port == DNS_PORT)
+    if not dns_or_icmp or passthrough == "never":
+        return False, action, policy_id
+    return (passthrough == "always" or policy_id == 0), action, policy_id

@@ -123,6 +123,18 @@ ansible_facts:
               SYN-flood and map-full drop counters.
           type: dict
           returned: when installed
+        endpoints:
+          description:
+            - Per endpoint (host-side interface, by name) that has opened flows - C(sessions)
+              and C(half_open) (the monitor's last recount plus what the data plane counted
+              since), its C(session_quota) and C(half_open_quota) (0 - none), the counters
+              C(syn_quota_drops) and C(degraded_flows), and C(over_quota) (which quota now
+              degrades or drops its new flows; the other endpoints are not affected).
+          type: dict
+          returned: when installed
+          sample: {"veth-web": {"ifindex": 7, "sessions": 12, "half_open": 0,
+                   "session_quota": 500000, "half_open_quota": 2048, "syn_quota_drops": 0,
+                   "degraded_flows": 0, "over_quota": []}}
         stats:
           description: The data plane counters summed over CPUs (the seed's 13 first).
           type: dict

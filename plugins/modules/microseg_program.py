@@ -117,10 +117,46 @@ options:
   pressure_critical_percent:
     description:
       - Session map fill at which the pressure level becomes C(critical) and new flows are
-        degraded (allowed flows pass untracked, DNS and ICMP pass, the rest is dropped).
-        C(0) disables the pressure levels.
+        degraded (allowed flows pass untracked, DNS and ICMP pass as O(degraded_passthrough)
+        says, the rest is dropped). C(0) disables the pressure levels.
     type: int
     default: 90
+  degraded_passthrough:
+    description:
+      - Which denied first packets of DNS (destination port 53) and ICMP still pass while new
+        flows are degraded (critical pressure, or their endpoint over
+        O(endpoint_session_quota)). The seed passes DNS and ICMP so that name resolution and
+        path MTU discovery survive a full session table.
+      - C(default_only) passes only what the B(default action) denied: a deny rule holds
+        whatever the pressure, so a quarantined container cannot reach DNS (a tunnel out)
+        during a flood it may have caused itself. Counted as C(degraded_passthrough), and
+        the held packets as C(degraded_rule_drops).
+      - C(always) is the seed's rule (deny rules too): availability over isolation.
+      - C(never) drops every denied packet: isolation over availability; under default deny a
+        full session table then also stops new DNS lookups.
+    type: str
+    choices: [default_only, always, never]
+    default: default_only
+  endpoint_half_open_quota:
+    description:
+      - Per endpoint (host-side interface), the TCP sessions it may hold in SYN_SENT. Over
+        it, that endpoint's new SYNs are dropped (C(endpoint_syn_drops)) while every other
+        endpoint still connects, so one container's SYN flood cannot trip the host-wide
+        O(syn_flood_threshold) for all. Counted by the data plane and recounted by the
+        monitor every tick. C(0) disables the quota.
+      - The default is far above what an ordinary workload keeps half-open, and below the
+        host-wide threshold so that the quota acts first.
+    type: int
+    default: 2048
+  endpoint_session_quota:
+    description:
+      - Per endpoint, the sessions it may hold. Over it, that endpoint's new flows are
+        degraded as under critical pressure (allowed flows pass untracked, denied ones drop
+        but for O(degraded_passthrough)) and counted (C(endpoint_degraded)); the other
+        endpoints keep full tracking.
+      - Unset means half of O(session_map_size), so no single endpoint can push the host to
+        the warning or critical level alone. C(0) disables the quota.
+    type: int
   ipv6:
     description: What happens to IPv6 frames.
     type: str
@@ -251,6 +287,10 @@ def argument_spec():
         syn_flood_threshold=dict(type="int", default=10000),
         pressure_warning_percent=dict(type="int", default=70),
         pressure_critical_percent=dict(type="int", default=90),
+        degraded_passthrough=dict(type="str", choices=["default_only", "always", "never"],
+                                  default="default_only"),
+        endpoint_half_open_quota=dict(type="int", default=2048),
+        endpoint_session_quota=dict(type="int"),
         ipv6=dict(type="str", choices=["allow", "drop"], default="drop"),
         other_l3=dict(type="str", choices=["allow", "drop"], default="drop"),
         log_rate=dict(type="int", default=100),

@@ -83,7 +83,7 @@ class Datapath:
     def reset(self, **config):
         for name in ("session_map", "policy_map", "ip_range_map", "local_range_map",
                      "port_range_map", "sport_range_map", "rule_stats_map", "frag_map",
-                     "endpoint_map"):
+                     "endpoint_map", "endpoint_usage_map"):
             self.maps.clear(name)
         self.maps.reset_stats()
         self.maps.write_pressure(_maps.MapPressure())

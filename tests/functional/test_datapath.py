@@ -160,14 +160,18 @@ def test_reply_of_allowed_flow_passes_under_default_deny(dp):
     assert not dp.ingress(P.udp_frame(R, C, 53, 40001))  # not a reply: default deny
 
 
-def test_denied_flow_stays_denied_from_cache(dp):
+def test_denied_first_packet_leaves_no_session(dp):
+    """Sessions are for flows that passed: a denied flow is decided again at every packet."""
     dp.set_config(default_action=DENY_BOTH)
     for _attempt in range(3):
         assert not dp.egress(P.udp_frame(C, R, 40000, 9999))
+    assert not dp.ingress(P.tcp_frame(R, C, 80, 40001, P.SYN))
+    assert not dp.sessions()
     stats = dp.stats()
-    assert stats["policy_lookups"] == 1
-    assert stats["session_hits"] == 2
-    assert stats["denied_packets"] == 3
+    assert stats["policy_lookups"] == 4
+    assert stats["session_hits"] == 0
+    assert stats["denied_packets"] == 4
+    assert dp.pressure().total_sessions == 0
 
 
 def test_icmp_echo_sessions_are_per_identifier(dp):
@@ -176,8 +180,10 @@ def test_icmp_echo_sessions_are_per_identifier(dp):
     assert dp.egress(P.icmp_frame(C, R, ident=7))
     assert dp.ingress(P.icmp_frame(R, C, ident=7, kind=0))    # the reply
     assert not dp.ingress(P.icmp_frame(R, C, ident=8))        # R's own ping: denied
+    assert not dp.ingress(P.icmp_frame(R, C, ident=7))        # R's ping with C's id too
     keys = sorted((k.src_port, k.dst_port) for k, _v in dp.sessions())
-    assert keys == [(7, 7), (8, 8)]
+    assert keys == [(7, 7)]
+    assert dp.stats()["reverse_new_flows"] == 1
 
 
 # ---- TCP state machine ---------------------------------------------------------------

@@ -27,7 +27,8 @@ from hypothesis import given, seed, settings, strategies as st
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import normalize
-from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import verdict
+from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import (
+    PASSTHROUGH_MODES, degraded_passes, verdict)
 from ansible_collections.ebpf.microseg.tests.functional import packets as P
 from ansible_collections.ebpf.microseg.tests.functional.datapath import TC_ACT_OK, Datapath
 from ansible_collections.ebpf.microseg.tests.unit.plugins.module_utils.test_compiler import (
@@ -38,7 +39,7 @@ SEED = int(os.environ.get("MICROSEG_DIFF_SEED") or random.SystemRandom().randran
 EXAMPLES = int(os.environ.get("MICROSEG_DIFF_EXAMPLES") or 500)
 PACKETS_PER_EXAMPLE = 16
 MIN_CASES = 2000
-CASES = {"random": 0}
+CASES = {"random": 0, "degraded": 0}
 ICMP_IDENT = 1
 
 
@@ -82,9 +83,21 @@ def load(dp, policy, policy_set, decoy=None):
                 dp.maps.update_many(name, pairs)
 
 
+def rule_that_decided(dp):
+    """policy_id of the one rule the kernel counted a hit for since the last clear, or 0."""
+    hits = [key.value for key, stats in dp.maps.items("rule_stats_map") if stats.hits]
+    assert len(hits) <= 1, hits
+    return hits[0] if hits else 0
+
+
 def run_packet(dp, pkt):
-    """(passed, (action, policy_id) of the session the packet created)."""
+    """(passed, (action, policy_id) the kernel decided).
+
+    An allowed packet's session records the verdict; a denied one leaves no session
+    (nothing another initiator could hit), so its rule comes from the per-rule counters.
+    """
     dp.maps.clear("session_map")    # every packet is the first of its flow
+    dp.maps.clear("rule_stats_map")
     passed = dp.run(frame(pkt), pkt["direction"]) == TC_ACT_OK
     proto = pkt["protocol"]
     if proto in (6, 17):
@@ -97,8 +110,11 @@ def run_packet(dp, pkt):
         session = dp.session(pkt["src"], pkt["dst"], sport, dport, proto)
     else:
         session = dp.session(pkt["dst"], pkt["src"], dport, sport, proto)
-    decided = None if session is None else \
-        (_maps.ACTION_NAMES[session.action], session.policy_id)
+    if session is not None:
+        assert session.action != _maps.ACTION_DENY, "a denied first packet left a session"
+        decided = (_maps.ACTION_NAMES[session.action], session.policy_id)
+    else:
+        decided = ("deny" if not passed else "untracked", rule_that_decided(dp))
     return passed, decided
 
 
@@ -128,6 +144,37 @@ def test_kernel_agrees_with_model(kernel, case, decoy, policy_set):
             _describe(doc, pkt, want, (passed, decided))
 
 
+def degrade(dp, passthrough):
+    """Critical pressure from here on: every new flow is degraded (never tracked)."""
+    dp.set_config(pressure_warn_sessions=1, pressure_crit_sessions=1,
+                  degraded_passthrough=_maps.PASSTHROUGH_MODES[passthrough])
+    pressure = _maps.MapPressure(total_sessions=1)
+    dp.maps.write_pressure(pressure)
+
+
+@seed(SEED)
+@settings(max_examples=max(EXAMPLES // 5, 20), deadline=None)
+@given(case=policy_and_packets(PACKETS_PER_EXAMPLE, max_rules=12, min_rules=2),
+       passthrough=st.sampled_from(PASSTHROUGH_MODES))
+def test_degraded_kernel_agrees_with_model(kernel, case, passthrough):
+    """Under critical pressure: the same verdicts, and DNS/ICMP passthrough by its mode."""
+    doc, pkts = case
+    policy = build_policy(doc)
+    load(kernel, policy, 0)
+    degrade(kernel, passthrough)
+    for pkt in pkts:
+        passes, _action, policy_id = degraded_passes(
+            policy, pkt["direction"], pkt["src"], pkt["dst"], pkt["protocol"],
+            pkt["src_port"], pkt["dst_port"], passthrough)
+        kernel.maps.clear("rule_stats_map")
+        passed = kernel.run(frame(pkt), pkt["direction"]) == TC_ACT_OK
+        CASES["degraded"] += 1
+        assert not kernel.sessions(), "a degraded new flow was tracked"
+        assert (passed, rule_that_decided(kernel)) == (passes, policy_id), \
+            _describe(doc, pkt, (passes, policy_id, passthrough),
+                      (passed, rule_that_decided(kernel)))
+
+
 def test_enough_random_cases_ran():
     """The CI budget promises at least 2,000 random packet cases per run."""
     if CASES["random"] == 0:
@@ -151,4 +198,5 @@ def test_corpus(kernel, case):
                                      case["expected_rule"]):
             want = (action, policy.by_name[rule].policy_id if rule else 0)
             assert model(policy, pkt) == want, ("model", pkt)
-            assert run_packet(kernel, pkt) == (action != "deny", want), ("kernel", pkt)
+            got = run_packet(kernel, pkt)
+            assert got == (action != "deny", want), ("kernel", pkt, got)

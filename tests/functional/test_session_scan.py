@@ -36,7 +36,8 @@ def loaded():
             value = _maps.SessionValue(packets=1, last_seen=rng.randrange(1, 1 << 40),
                                        action=rng.choice((_maps.ACTION_ALLOW, _maps.ACTION_DENY,
                                                           _maps.ACTION_LOG)),
-                                       state=rng.randrange(len(_maps.TCP_STATES)))
+                                       state=rng.randrange(len(_maps.TCP_STATES)),
+                                       ifindex=rng.choice((3, 4, 1000)))
             pairs.append((key, value))
         dp.maps.update_many("session_map", pairs)
         yield dp
@@ -87,14 +88,18 @@ def test_expiry_scan_matches_the_map_read_entry_by_entry(loaded):
     timeouts = _sessions.timeouts_ns({})
     expired = collections.Counter()
     syn_sent = 0
+    by_endpoint = collections.defaultdict(lambda: [0, 0])
     for key, value in loaded.maps.items("session_map"):
         klass = _sessions.timeout_class(key.protocol, value.state)
+        by_endpoint[value.ifindex][0] += 1
         if now_ns - value.last_seen > timeouts[klass]:
             expired[klass] += 1
         elif key.protocol == _sessions.TCP and value.state == _sessions.SYN_SENT:
             syn_sent += 1
+            by_endpoint[value.ifindex][1] += 1
     result = _sessions.sweep(loaded.maps, now_ns, timeouts, delete=False)
     assert result == {"total": SESSIONS, "syn_sent": syn_sent, "expired": sum(expired.values()),
-                      "expired_by_class": dict(expired)}
+                      "expired_by_class": dict(expired), "by_endpoint": dict(by_endpoint)}
+    assert len(by_endpoint) > 1
     assert 0 < sum(expired.values()) < SESSIONS and syn_sent > 0
     assert loaded.maps.count("session_map") == SESSIONS     # delete=False deleted nothing
