@@ -96,3 +96,20 @@ def udp_fragments(src, dst, sport, dport, payload, ident=777, first_size=64):
     frag2 = ether(ETH_P_IP, ipv4(src, dst, 17, rest, ident=ident,
                                  flags_frag=first_size // 8))
     return frag1, frag2
+
+
+def icmp_error(src, dst, quoted, kind=3, code=4, mtu=1280, **ip):
+    """An ICMP error (default: destination unreachable, fragmentation needed, next-hop MTU)
+    from src to dst quoting `quoted` (an IPv4 packet: its header and first 8 payload bytes
+    are kept, as RFC 792 routers send)."""
+    ihl = (quoted[0] & 0xf) * 4
+    rest = struct.pack("!HH", 0, mtu) if (kind, code) == (3, 4) else b"\0\0\0\0"
+    body = struct.pack("!BBH", kind, code, 0) + rest + quoted[:ihl + 8]
+    body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
+    return ether(ETH_P_IP, ipv4(src, dst, 1, body, **ip))
+
+
+def ip_packet(frame):
+    """The IPv4 packet inside an Ethernet frame built here (padding cut off)."""
+    total = struct.unpack("!H", frame[16:18])[0]
+    return frame[14:14 + total]
