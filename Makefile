@@ -17,13 +17,14 @@ LAB_HOSTS ?= 3
 LAB_ANSIBLE := $(WITH_COLL) ANSIBLE_FORKS=20 ANSIBLE_HOST_KEY_CHECKING=False
 PYTEST := $(WITH_COLL) $(PY) -m pytest -p no:cacheprovider -q -ra
 
-.PHONY: help deps collection copy sanity integration molecule unit functional test demo demo-clean bench build clean
+.PHONY: help deps collection copy sanity integration molecule unit functional test demo demo-clean bench bench-flood build clean
 
 help:
 	@echo "make demo        build the lab fleet (LAB_HOSTS=3), run site.yml over SSH, print the matrix"
 	@echo "make demo-clean  remove the lab fleet"
 	@echo "make test        install deps; sanity, integration, molecule, unit and real-kernel tests"
 	@echo "make bench       data plane ns/packet and control plane timings (bench/results.md)"
+	@echo "make bench-flood a denied flood: shipped (no deny sessions) vs deny entries"
 	@echo "make build       ansible-galaxy collection build into build/dist"
 
 deps:
@@ -74,6 +75,10 @@ molecule: deps collection
 bench: deps collection
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	cd $(COLL) && $(WITH_COLL) ANSIBLE_FORKS=20 $(PY) bench/run.py --full
+
+# One table in about a minute: the cost of a denied flood and the sessions it leaves.
+bench-flood: deps collection
+	cd $(COLL) && $(WITH_COLL) $(PY) bench/denied_flood.py
 
 build: deps
 	@mkdir -p $(BUILD)/dist

@@ -464,6 +464,11 @@ def main():
             "by hash map size (buckets in cache or not)",
             table(("session_map entries", "policy_map entries", "decide (no insert)",
                    "session insert", "new flow"), new_flow_breakdown(args))))
+    print("data plane: a denied flood, with and without deny entries", file=sys.stderr)
+    from ansible_collections.ebpf.microseg.bench import denied_flood
+    results.add(("A denied flood of %s distinct flows: ns per packet above its floor, and "
+                 "what it leaves in the session map" % "{:,}".format(denied_flood.FLOWS),
+                 table(denied_flood.HEADERS, denied_flood.rows(args.rounds, args.repeat))))
     os.sched_setaffinity(0, all_cpus)
     if READ_BACK_ROWS:
         results.add(("Reading the data plane back with 1M sessions, seconds",
