@@ -124,6 +124,36 @@ def test_check_mode_predicts_and_changes_nothing(lab):
         assert pinned.config().syn_flood_threshold == 77
 
 
+def test_degradation_and_quota_options_are_runtime_config(lab):
+    """No compile for them; check mode predicts, the second run is unchanged."""
+    lab, pin = lab
+    assert run_playbook([program_task(pin, lab)]).rc == 0
+    opts = {"degraded_passthrough": "never", "endpoint_half_open_quota": 64,
+            "endpoint_session_quota": 0}
+    check = run_playbook([program_task(pin, lab, **opts)], check=True, diff=True)
+    res = check.task()
+    assert res["changed"] is True and [a["action"] for a in res["actions"]] == ["write_config"]
+    after = res["diff"]["after"]["config"]
+    assert (after["degraded_passthrough"], after["endpoint_half_open_quota"],
+            after["endpoint_session_quota"]) == ("never", 64, 0)
+    with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
+        config = pinned.config()
+        assert (config.degraded_passthrough, config.endpoint_half_open_quota,
+                config.endpoint_session_quota) == (0, 2048, SMALL["session_map_size"] // 2)
+    real = run_playbook([program_task(pin, lab, **opts)], diff=True)
+    assert real.task()["changed"] is True and real.task()["compiled"] is False
+    assert real.task()["diff"]["after"] == res["diff"]["after"]
+    with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
+        config = pinned.config()
+        assert (config.degraded_passthrough, config.endpoint_half_open_quota,
+                config.endpoint_session_quota) == (_maps.PASSTHROUGH_MODES["never"], 64, 0)
+    assert run_playbook([program_task(pin, lab, **opts)]).task()["changed"] is False
+    bad = run_playbook([program_task(pin, lab, endpoint_half_open_quota=-1)])
+    assert bad.rc != 0 and "endpoint_half_open_quota" in bad.task()["msg"]
+    bad = run_playbook([program_task(pin, lab, degraded_passthrough="sometimes")])
+    assert bad.rc != 0 and "degraded_passthrough" in bad.task()["msg"]
+
+
 def test_bad_input_fails_clearly_and_keeps_the_program(lab):
     lab, pin = lab
     assert run_playbook([program_task(pin, lab)]).rc == 0
@@ -233,6 +263,15 @@ def test_adhoc_program_then_facts_after_real_traffic(lab):
     assert ms["maps"]["session_map"]["entries"] >= 2
     assert ms["maps"]["session_map"]["max_entries"] == 16384
     assert ms["config"]["default_action"] == {"egress": "allow", "ingress": "allow"}
+    assert ms["config"]["degraded_passthrough"] == "default_only"
+    assert ms["config"]["endpoint_session_quota"] == 16384 // 2
+    assert ms["config"]["endpoint_half_open_quota"] == 2048
+    # Both endpoints opened flows (a's SYN at a's port, b's view of it at b's): each is
+    # counted against its own quota.
+    for ctr in (a, b):
+        usage = ms["endpoints"][ctr.host_if]
+        assert usage["sessions"] >= 1 and usage["over_quota"] == []
+        assert usage["session_quota"] == 8192 and usage["syn_quota_drops"] == 0
     assert ms["pressure"]["level"] == "normal"
     assert ms["program"]["programs"]["microseg_from_container"]["id"] == \
         ms["interfaces"][a.host_if]["ingress"]["prog_id"]
