@@ -6,6 +6,7 @@
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import collections
 import json
 import os
 import signal
@@ -325,6 +326,11 @@ def test_new_veth_is_filtered_within_a_second(monitored):
     monitor.wait_for("attached to %s" % late.host_if)
 
 
+def _netlink_index(name):
+    with open("/sys/class/net/%s/ifindex" % name) as handle:
+        return int(handle.read())
+
+
 def test_metrics_endpoint_parses_and_matches_the_maps(monitored):
     lab, pin, monitor = monitored
     assert lab["web"].probe("tcp", lab["db"].address, 80) == "ok"
@@ -343,6 +349,20 @@ def test_metrics_endpoint_parses_and_matches_the_maps(monitored):
     fill = dict((s.labels["map"], s.value) for s in families["microseg_map_fill_ratio"].samples)
     assert 0 < fill["policy_map"] + fill["ip_range_map"] <= 2
     assert families["microseg_pressure_level"].samples[0].value in (0, 1, 2)
+    # Per endpoint, by interface name: the recount of the sessions each port's hooks made.
+    by_endpoint = collections.Counter()
+    with _maps.PinnedMaps(pin, names=["session_map"]) as pinned:
+        for _key, value in pinned.items("session_map"):
+            by_endpoint[value.ifindex] += 1
+    ifindex = dict((c.host_if, _netlink_index(c.host_if)) for c in (lab["web"], lab["db"]))
+    per_if = dict((s.labels["interface"], s.value)
+                  for s in families["microseg_endpoint_sessions"].samples)
+    for name, index in ifindex.items():
+        assert abs(per_if[name] - by_endpoint[index]) <= 2, (name, per_if, by_endpoint)
+    quotas = dict((s.labels["interface"], s.value)
+                  for s in families["microseg_endpoint_half_open_quota"].samples)
+    assert quotas[lab["web"].host_if] == 2048
+    assert "microseg_endpoint_syn_quota_drops" in families
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(monitor.metrics_url.replace("/metrics", "/nope"), timeout=5)
 
