@@ -630,6 +630,68 @@ static __always_inline int icmp_error_key(void *l4, void *data_end, __u32 room,
     return 0;
 }
 
+/* IPv4 over Ethernet ARP, as RFC 826 lays it out. */
+struct arp_ipv4 {
+    __u16 hrd;
+    __u16 pro;
+    __u8  hln;
+    __u8  pln;
+    __u16 op;
+    __u8  sha[6];
+    __u8  spa[4];
+    __u8  tha[6];
+    __u8  tpa[4];
+} __attribute__((packed));
+
+static __always_inline __u32 arp_addr(__u8 *a)
+{
+    __u32 v;
+    __builtin_memcpy(&v, a, 4);   /* unaligned in the frame: copy, stays network order */
+    return v;
+}
+
+/* Is an ARP packet through this endpoint's port its own? Sent: its sender address is the
+ * endpoint's (0.0.0.0 for an RFC 5227 probe) and, when known, its hardware address too.
+ * Received: it asks for the endpoint's address, or announces its sender's own (gratuitous;
+ * the sender's hook vouches for that). Anything else, malformed ARP included, is not. */
+static __always_inline int arp_belongs(struct endpoint_value *ep, void *arp_start,
+                                       void *data_end, __u8 dir)
+{
+    struct arp_ipv4 *arp = arp_start;
+    if ((void *)(arp + 1) > data_end || arp->hrd != bpf_htons(1) ||
+        arp->pro != bpf_htons(ETH_P_IP) || arp->hln != 6 || arp->pln != 4)
+        return 0;
+    __u32 spa = arp_addr(arp->spa), tpa = arp_addr(arp->tpa);
+    if (dir == MS_DIR_EGRESS) {
+        if (spa != ep->ip && spa != 0)
+            return 0;
+        if (ep->flags & ENDPOINT_FLAG_MAC) {
+            for (int i = 0; i < 6; i++)
+                if (arp->sha[i] != ep->mac[i])
+                    return 0;
+        }
+        return 1;
+    }
+    return tpa == ep->ip || spa == tpa;
+}
+
+/* Addresses a container receives: its own, broadcast, multicast. */
+static __always_inline int addressed_to(struct endpoint_value *ep, __u32 daddr)
+{
+    if (daddr == ep->ip || daddr == 0xffffffff)
+        return 1;
+    if ((bpf_ntohl(daddr) >> 28) == 0xe)       /* 224.0.0.0/4 */
+        return 1;
+    __u8 plen = ep->prefixlen;
+    if (plen && plen < 31) {
+        __u32 host_mask = 0xffffffffU >> plen;
+        __u32 own = bpf_ntohl(ep->ip);
+        if (bpf_ntohl(daddr) == (own | host_mask))
+            return 1;
+    }
+    return 0;
+}
+
 /* ---- the packet path ------------------------------------------------------------ */
 
 static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
@@ -654,7 +716,27 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
         return verdict_drop(len);
     }
     __u16 eth_proto = eth->h_proto;
+    /* A VLAN tag, in the frame or offloaded to skb metadata (veth does that): the frame is
+     * not the container's plain traffic, and its inner packet is not policed as if it
+     * were. Tagged frames follow the other-L3 mode, whichever way the tag travels. */
+    if (skb->vlan_present || eth_proto == bpf_htons(ETH_P_8021Q) ||
+        eth_proto == bpf_htons(ETH_P_8021AD)) {
+        stat_add(STAT_VLAN_TAGGED, 1);
+        if (cfg->other_l3_mode == MS_L3_ALLOW) {
+            stat_add(STAT_NON_IPV4_PASSED, 1);
+            return verdict_pass(len);
+        }
+        stat_add(STAT_NON_IPV4_DROPPED, 1);
+        return verdict_drop(len);
+    }
+    struct endpoint_value *ep = NULL;
+    if (cfg->flags & MS_CFG_ANTISPOOF)
+        ep = endpoint_map.lookup(&ifindex);
     if (eth_proto == bpf_htons(ETH_P_ARP)) {
+        if (ep && !arp_belongs(ep, (void *)(eth + 1), data_end, dir)) {
+            stat_add(dir == MS_DIR_EGRESS ? STAT_ARP_SPOOF_DROPS : STAT_NOT_FOR_ENDPOINT, 1);
+            return verdict_drop(len);
+        }
         stat_add(STAT_NON_IPV4_PASSED, 1);
         return verdict_pass(len);
     }
@@ -681,12 +763,15 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
         return verdict_drop(len);
     }
 
-    if (dir == MS_DIR_EGRESS && (cfg->flags & MS_CFG_ANTISPOOF)) {
-        struct endpoint_value *ep = endpoint_map.lookup(&ifindex);
-        if (ep && ep->ip != iph->saddr) {
-            stat_add(STAT_SPOOF_DROPS, 1);
-            return verdict_drop(len);
-        }
+    if (ep && dir == MS_DIR_EGRESS && ep->ip != iph->saddr) {
+        stat_add(STAT_SPOOF_DROPS, 1);
+        return verdict_drop(len);
+    }
+    if (ep && dir == MS_DIR_INGRESS && !addressed_to(ep, iph->daddr)) {
+        /* A bridge floods unknown unicast to every port: such a frame is not this
+         * container's, and deciding it here would create a session for someone else. */
+        stat_add(STAT_NOT_FOR_ENDPOINT, 1);
+        return verdict_drop(len);
     }
 
     __u16 frag_off = bpf_ntohs(iph->frag_off);

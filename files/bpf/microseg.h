@@ -108,7 +108,10 @@
 #define STAT_ENDPOINT_DEGRADED     27  /* new flows of an endpoint over its session quota */
 #define STAT_ICMP_RELATED          28  /* ICMP errors decided by the session they quote */
 #define STAT_REVERSE_NEW_FLOWS     29  /* a session's responder opening a flow of its own */
-#define STAT_MAX                   30
+#define STAT_ARP_SPOOF_DROPS       30  /* ARP a container sent for an address not its own */
+#define STAT_NOT_FOR_ENDPOINT      31  /* frames towards a container not addressed to it */
+#define STAT_VLAN_TAGGED           32  /* 802.1Q/802.1ad frames (in-band or offloaded tag) */
+#define STAT_MAX                   33
 
 /* ---- map keys and values ----------------------------------------------------- */
 
@@ -276,10 +279,19 @@ struct log_rate {
     __u64 count;
 };
 
-/* Anti-spoofing: the address a container interface may send from (keyed by ifindex). */
+/*
+ * Anti-spoofing and the receive-side check: the address of the container behind a
+ * host-side interface (keyed by ifindex). It may send IPv4 and ARP only from ip; it is
+ * handed only IPv4 for ip, broadcast (limited, or of its subnet when prefixlen is known)
+ * and multicast, and only ARP that asks for ip (or announces its sender's own address).
+ */
+#define ENDPOINT_FLAG_MAC       0x0001  /* mac is the container's: ARP must carry it */
 struct endpoint_value {
     __u32 ip;
     __u32 flags;
+    __u8  mac[6];
+    __u8  prefixlen;      /* 0: unknown, no subnet broadcast */
+    __u8  pad;
 };
 
 struct log_event {

@@ -64,6 +64,7 @@ STAT_NAMES = [
     "reevaluations", "spoof_drops", "insert_failures",
     "degraded_passthrough", "degraded_rule_drops", "endpoint_syn_drops",
     "endpoint_degraded", "icmp_related", "reverse_new_flows",
+    "arp_spoof_drops", "not_for_endpoint", "vlan_tagged",
 ]
 STAT = dict((name, i) for i, name in enumerate(STAT_NAMES))
 STAT_MAX = len(STAT_NAMES)
@@ -207,8 +208,14 @@ class LogRate(_Struct):
     _fields_ = [("window_start", ctypes.c_uint64), ("count", ctypes.c_uint64)]
 
 
+ENDPOINT_FLAG_MAC = 0x0001
+
+
 class EndpointValue(_Struct):
-    _fields_ = [("ip", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+    _fields_ = [
+        ("ip", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("mac", ctypes.c_uint8 * 6),
+        ("prefixlen", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+    ]
 
 
 class LogEvent(_Struct):

@@ -67,16 +67,33 @@ def validate(params):
             raise ProgramError("%s: %d is out of range (0 disables the quota)" % (name, value))
     for interface, address in (params.get("endpoints") or {}).items():
         try:
-            socket.inet_aton(address)
-            if address.count(".") != 3:
-                raise ValueError(address)
+            parse_endpoint(address)
         except (OSError, ValueError, TypeError):
-            raise ProgramError("endpoints: %s: %r is not an IPv4 address" % (interface, address))
+            raise ProgramError("endpoints: %s: %r is not an IPv4 address (or address/prefix)"
+                               % (interface, address))
     if not params["pin_path"].startswith("/"):
         raise ProgramError("pin_path: %s is not an absolute path" % params["pin_path"])
     if "." in os.path.basename(params["pin_path"].rstrip("/")):
         raise ProgramError("pin_path: bpffs refuses names containing '.' (%s)" % params["pin_path"])
     return sizes
+
+
+def parse_endpoint(text):
+    """'198.18.1.10' or '198.18.1.10/24' -> (address, prefixlen or 0); ValueError if bad."""
+    address, _slash, plen = str(text).partition("/")
+    socket.inet_aton(address)
+    if address.count(".") != 3:
+        raise ValueError(text)
+    prefixlen = int(plen) if plen else 0
+    if plen and not 1 <= prefixlen <= 32:
+        raise ValueError(text)
+    return address, prefixlen
+
+
+def endpoint_text(value):
+    """The endpoints option's spelling of an endpoint_map value."""
+    address = _maps.u32_to_ip(value.ip)
+    return "%s/%d" % (address, value.prefixlen) if value.prefixlen else address
 
 
 def desired_config_fields(params, sizes):
@@ -135,7 +152,7 @@ def gather(params, ipr):
     if os.path.exists(os.path.join(pin_path, "endpoint_map")):
         with _maps.PinnedMaps(pin_path, names=["endpoint_map"]) as pinned:
             for key, value in pinned.items("endpoint_map"):
-                endpoints[key.value] = _maps.u32_to_ip(value.ip)
+                endpoints[key.value] = endpoint_text(value)
     state["endpoints"] = endpoints
     attached, held = {}, {}
     for link in state["links"]:
@@ -225,7 +242,9 @@ def plan(params, sources, current, sizes):
     for interface, address in sorted((params.get("endpoints") or {}).items()):
         if interface not in by_name:
             raise ProgramError("endpoints: interface %s does not exist" % interface)
-        want_endpoints[by_name[interface]] = address
+        host, prefixlen = parse_endpoint(address)
+        host = socket.inet_ntoa(socket.inet_aton(host))
+        want_endpoints[by_name[interface]] = "%s/%d" % (host, prefixlen) if prefixlen else host
     if want_endpoints != current["endpoints"]:
         actions.append({"action": "write_endpoints"})
     result["want_endpoints"] = want_endpoints
@@ -433,9 +452,10 @@ def _write_endpoints(pin_path, wanted):
         for key, _value in list(pinned.items("endpoint_map")):
             if key.value not in wanted:
                 pinned.delete("endpoint_map", key)
-        for index, address in wanted.items():
+        for index, text in wanted.items():
+            address, prefixlen = parse_endpoint(text)
             pinned.update("endpoint_map", _maps.U32(index),
-                          _maps.EndpointValue(ip=_maps.ip_to_u32(address)))
+                          _maps.EndpointValue(ip=_maps.ip_to_u32(address), prefixlen=prefixlen))
 
 
 def _write_config(pin_path, params, sizes):

@@ -127,12 +127,12 @@ options:
         flows are degraded (critical pressure, or their endpoint over
         O(endpoint_session_quota)). The seed passes DNS and ICMP so that name resolution and
         path MTU discovery survive a full session table.
-      - C(default_only) passes only what the B(default action) denied: a deny rule holds
-        whatever the pressure, so a quarantined container cannot reach DNS (a tunnel out)
+      - C(default_only) passes only what the B(default action) denied; a deny rule holds
+        whatever the pressure, and a quarantined container cannot reach DNS (a tunnel out)
         during a flood it may have caused itself. Counted as C(degraded_passthrough), and
         the held packets as C(degraded_rule_drops).
-      - C(always) is the seed's rule (deny rules too): availability over isolation.
-      - C(never) drops every denied packet: isolation over availability; under default deny a
+      - C(always) is the seed's rule (deny rules too), availability over isolation.
+      - C(never) drops every denied packet, isolation over availability; under default deny a
         full session table then also stops new DNS lookups.
     type: str
     choices: [default_only, always, never]
@@ -163,7 +163,11 @@ options:
     choices: [allow, drop]
     default: drop
   other_l3:
-    description: What happens to frames that are neither IPv4, IPv6 nor ARP (ARP always passes).
+    description:
+      - What happens to frames that are neither IPv4, IPv6 nor ARP.
+      - VLAN-tagged frames (802.1Q and 802.1ad) follow this mode too, whether the tag is in
+        the frame or offloaded to the packet's metadata (as veth does); their inner packet
+        is never policed as the container's own traffic (C(vlan_tagged) counts them).
     type: str
     choices: [allow, drop]
     default: drop
@@ -173,10 +177,18 @@ options:
     default: 100
   endpoints:
     description:
-      - Anti-spoofing. Interface name to the only IPv4 address the container behind it may
-        send from; a packet from that interface with any other source address is dropped
-        (counted as C(spoof_drops)). Interfaces not listed are not checked. Empty turns
-        the check off.
+      - Anti-spoofing and L2 trust. Interface name to the IPv4 address of the container
+        behind it, optionally with its prefix length (C(198.18.1.10/24)).
+      - Sent by the container - an IPv4 packet from any other source address is dropped
+        (C(spoof_drops)); so is an ARP packet whose sender address is another one
+        (C(arp_spoof_drops)), so a container cannot claim a neighbour's address and receive
+        its traffic. ARP probes (sender 0.0.0.0) and gratuitous ARP for its own address pass.
+      - Received by the container - an IPv4 packet for another address than its own, the
+        limited broadcast, its subnet's broadcast (when the prefix is given) or a multicast
+        group is dropped before any session is made (C(not_for_endpoint)), as the bridge floods
+        unknown unicast to every port, and such frames are not this container's. ARP is
+        handed over only when it asks for its address or is gratuitous.
+      - Interfaces not listed are not checked. Empty turns the checks off.
     type: dict
     default: {}
   bpf_source:

@@ -71,10 +71,11 @@ def icmp_frame(src, dst, ident=1, kind=8, **ip):
     return ether(ETH_P_IP, ipv4(src, dst, 1, icmp_echo(ident, kind=kind), **ip))
 
 
-def arp_frame():
-    body = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1) + MAC_A + socket.inet_aton(
-        "198.18.0.1") + b"\0" * 6 + socket.inet_aton("198.18.0.2")
-    return ether(ETH_P_ARP, body, dst=b"\xff" * 6)
+def arp_frame(sender="198.18.0.1", target="198.18.0.2", op=1, sha=MAC_A, tha=b"\0" * 6):
+    """An ARP request (op 1, broadcast) or reply (op 2, to tha) for IPv4 over Ethernet."""
+    body = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, op) + sha + socket.inet_aton(sender) + \
+        tha + socket.inet_aton(target)
+    return ether(ETH_P_ARP, body, src=sha, dst=b"\xff" * 6 if op == 1 else tha)
 
 
 def ipv6_frame():

@@ -528,8 +528,76 @@ def test_antispoofing_drops_foreign_source_addresses(dp):
                    _maps.EndpointValue(ip=_maps.ip_to_u32(C)))
     assert dp.egress(P.udp_frame(C, R, 40000, 53))
     assert not dp.egress(P.udp_frame("198.18.1.11", R, 40000, 53))
-    assert dp.ingress(P.udp_frame(R, "198.18.1.11", 53, 40000))   # only sending is checked
     assert dp.stats()["spoof_drops"] == 1
+
+
+def _endpoint(dp, prefixlen=0, mac=None):
+    """Bind loopback (PROG_TEST_RUN's interface, ifindex 1) to container C."""
+    dp.set_config(flags=_maps.CONFIG_FLAG_ANTISPOOF)
+    value = _maps.EndpointValue(ip=_maps.ip_to_u32(C), prefixlen=prefixlen)
+    if mac:
+        value.flags = _maps.ENDPOINT_FLAG_MAC
+        value.mac[:] = list(mac)
+    dp.maps.update("endpoint_map", _maps.U32(1), value)
+
+
+def test_receive_side_drops_what_is_not_addressed_to_the_endpoint(dp):
+    """Flooded unknown unicast for another container is dropped before any session."""
+    _endpoint(dp, prefixlen=24)
+    assert not dp.ingress(P.udp_frame(R, "198.18.1.11", 53, 40000))
+    assert not dp.ingress(P.tcp_frame(R, "198.18.1.12", 80, 40000, P.SYN))
+    assert not dp.sessions()
+    assert dp.ingress(P.udp_frame(R, C, 53, 40000))                    # its own
+    assert dp.ingress(P.udp_frame(R, "255.255.255.255", 67, 68))       # limited broadcast
+    assert dp.ingress(P.udp_frame(R, "198.18.1.255", 137, 137))        # its subnet's
+    assert dp.ingress(P.udp_frame(R, "224.0.0.251", 5353, 5353))       # multicast
+    assert not dp.ingress(P.udp_frame(R, "198.18.2.255", 137, 137))    # another subnet's
+    stats = dp.stats()
+    assert stats["not_for_endpoint"] == 3 and stats["spoof_drops"] == 0
+
+
+def test_without_a_prefix_only_limited_broadcast_passes(dp):
+    _endpoint(dp)
+    assert not dp.ingress(P.udp_frame(R, "198.18.1.255", 137, 137))
+    assert dp.ingress(P.udp_frame(R, "255.255.255.255", 67, 68))
+
+
+def test_arp_claiming_another_address_is_dropped(dp):
+    """oth answering for db's address: the ARP spoof that would redirect web's traffic."""
+    _endpoint(dp)
+    assert not dp.egress(P.arp_frame(sender="198.18.1.20", target="198.18.1.30", op=2,
+                                     tha=P.MAC_B))
+    assert not dp.egress(P.arp_frame(sender="198.18.1.20", target="198.18.1.20"))  # gratuitous
+    assert dp.egress(P.arp_frame(sender=C, target="198.18.1.30"))                 # its own
+    assert dp.egress(P.arp_frame(sender=C, target=C))                             # gratuitous
+    assert dp.egress(P.arp_frame(sender="0.0.0.0", target=C))                     # RFC 5227 probe
+    stats = dp.stats()
+    assert stats["arp_spoof_drops"] == 2 and stats["non_ipv4_passed"] == 3
+
+
+def test_arp_with_a_foreign_hardware_address_is_dropped_when_the_mac_is_known(dp):
+    _endpoint(dp, mac=P.MAC_A)
+    assert dp.egress(P.arp_frame(sender=C, target=R, sha=P.MAC_A))
+    assert not dp.egress(P.arp_frame(sender=C, target=R, sha=P.MAC_B))
+    assert dp.stats()["arp_spoof_drops"] == 1
+
+
+def test_received_arp_must_ask_for_the_endpoint_or_be_gratuitous(dp):
+    _endpoint(dp)
+    assert dp.ingress(P.arp_frame(sender=R, target=C))                     # who-has C
+    assert dp.ingress(P.arp_frame(sender=R, target=R))                     # R announces itself
+    assert not dp.ingress(P.arp_frame(sender=R, target="198.18.1.11"))     # for someone else
+    assert not dp.ingress(P.arp_frame(sender=R, target="198.18.1.11", op=2, tha=P.MAC_A))
+    assert dp.stats()["not_for_endpoint"] == 2
+
+
+def test_malformed_arp_is_dropped_where_endpoints_are_checked(dp):
+    _endpoint(dp)
+    frame = bytearray(P.arp_frame(sender=C, target=R))
+    frame[14 + 4] = 8      # hardware address length 8: not Ethernet ARP
+    assert not dp.egress(bytes(frame))
+    dp.set_config(flags=0)
+    assert dp.egress(bytes(frame))    # without the checks ARP passes as before
 
 
 def test_counters_reconcile_after_mixed_traffic(dp):

@@ -100,3 +100,12 @@ def test_constants_match_header():
     assert defines["RANGE_FLAG_FINAL"] == _maps.RANGE_FLAG_FINAL
     assert defines["SESSION_FLAG_PICKUP"] == _maps.SESSION_FLAG_PICKUP
     assert defines["SESSION_FLAG_SYN_COUNTED"] == _maps.SESSION_FLAG_SYN_COUNTED
+
+
+def test_flag_and_mode_constants_match_header():
+    defines = header_defines()
+    assert defines["MS_CFG_ANTISPOOF"] == _maps.CONFIG_FLAG_ANTISPOOF
+    assert defines["SESSION_FLAG_EP_SYN_COUNTED"] == _maps.SESSION_FLAG_EP_SYN_COUNTED
+    assert defines["ENDPOINT_FLAG_MAC"] == _maps.ENDPOINT_FLAG_MAC
+    for name, value in _maps.PASSTHROUGH_MODES.items():
+        assert defines["MS_PASSTHROUGH_" + name.upper()] == value
