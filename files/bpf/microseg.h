@@ -52,7 +52,8 @@
 #define SESSION_FLAG_EP_SYN_COUNTED 0x0200  /* counted in its endpoint's half_open */
 
 /* microseg_config.flags */
-#define MS_CFG_ANTISPOOF            0x0001
+#define MS_CFG_ANTISPOOF            0x0001  /* endpoint_map entries are checked */
+#define MS_CFG_LEARN_ENDPOINTS      0x0002  /* the monitor learns them (user space only) */
 
 /* microseg_config.degraded_passthrough: which denied DNS/ICMP first packets pass while
  * new flows are degraded (critical pressure, or their endpoint over its session quota). */
@@ -286,6 +287,7 @@ struct log_rate {
  * and multicast, and only ARP that asks for ip (or announces its sender's own address).
  */
 #define ENDPOINT_FLAG_MAC       0x0001  /* mac is the container's: ARP must carry it */
+#define ENDPOINT_FLAG_LEARNED   0x0002  /* written by the monitor, not the endpoints option */
 struct endpoint_value {
     __u32 ip;
     __u32 flags;

@@ -86,10 +86,21 @@ def endpoint_usage(pinned, links, config):
     """{interface: usage and quotas} of every endpoint the data plane has counted.
 
     sessions and half_open are the monitor's last recount plus what the data plane
-    counted since; over_quota says which quota currently degrades or drops its new flows.
+    counted since; over_quota says which quota currently degrades or drops its new flows;
+    address, prefixlen, mac and source (given or learned) are what the L2 trust checks
+    know of it.
     """
     names = dict((link["index"], link["name"]) for link in links)
     out = {}
+    for key, value in pinned.items("endpoint_map"):
+        out[names.get(key.value, "ifindex-%d" % key.value)] = {
+            "ifindex": key.value,
+            "address": _maps.u32_to_ip(value.ip),
+            "prefixlen": value.prefixlen or None,
+            "mac": ":".join("%02x" % b for b in value.mac)
+            if value.flags & _maps.ENDPOINT_FLAG_MAC else None,
+            "source": "learned" if value.flags & _maps.ENDPOINT_FLAG_LEARNED else "given",
+        }
     for key, usage in pinned.items("endpoint_usage_map"):
         over = []
         if config.endpoint_session_quota and usage.sessions >= config.endpoint_session_quota:
@@ -97,7 +108,7 @@ def endpoint_usage(pinned, links, config):
         if config.endpoint_half_open_quota and \
                 usage.half_open >= config.endpoint_half_open_quota:
             over.append("half_open")
-        out[names.get(key.value, "ifindex-%d" % key.value)] = {
+        out.setdefault(names.get(key.value, "ifindex-%d" % key.value), {}).update({
             "ifindex": key.value,
             "sessions": usage.sessions,
             "half_open": usage.half_open,
@@ -106,7 +117,7 @@ def endpoint_usage(pinned, links, config):
             "syn_quota_drops": usage.syn_quota_drops,
             "degraded_flows": usage.degraded_flows,
             "over_quota": over,
-        }
+        })
     return out
 
 

@@ -33,6 +33,7 @@ L3_MODES = {"allow": 0, "drop": 1}
 L3_MODE_NAMES = dict((v, k) for k, v in L3_MODES.items())
 
 CONFIG_FLAG_ANTISPOOF = 1
+CONFIG_FLAG_LEARN_ENDPOINTS = 2
 
 # microseg_config.degraded_passthrough (MS_PASSTHROUGH_*)
 PASSTHROUGH_MODES = {"default_only": 0, "always": 1, "never": 2}
@@ -209,6 +210,7 @@ class LogRate(_Struct):
 
 
 ENDPOINT_FLAG_MAC = 0x0001
+ENDPOINT_FLAG_LEARNED = 0x0002
 
 
 class EndpointValue(_Struct):

@@ -109,12 +109,18 @@ def desired_config_fields(params, sizes):
         "pressure_crit_sessions": session_max * crit // 100 if crit else 0,
         "session_max": session_max,
         "log_rate_per_sec": params["log_rate"],
-        "flags": _maps.CONFIG_FLAG_ANTISPOOF if params.get("endpoints") else 0,
+        "flags": config_flags(params),
         "endpoint_half_open_quota": _param(params, "endpoint_half_open_quota", 2048),
         "endpoint_session_quota": _param(params, "endpoint_session_quota", session_max // 2),
         "degraded_passthrough": _maps.PASSTHROUGH_MODES[
             _param(params, "degraded_passthrough", "default_only")],
     }
+
+
+def config_flags(params):
+    learn = bool(params.get("learn_endpoints"))
+    flags = _maps.CONFIG_FLAG_ANTISPOOF if params.get("endpoints") or learn else 0
+    return flags | (_maps.CONFIG_FLAG_LEARN_ENDPOINTS if learn else 0)
 
 
 def _param(params, name, default):
@@ -132,6 +138,7 @@ def _config_view(fields):
         "session_max": fields["session_max"],
         "log_rate": fields["log_rate_per_sec"],
         "anti_spoofing": bool(fields["flags"] & _maps.CONFIG_FLAG_ANTISPOOF),
+        "learn_endpoints": bool(fields["flags"] & _maps.CONFIG_FLAG_LEARN_ENDPOINTS),
         "endpoint_half_open_quota": fields["endpoint_half_open_quota"],
         "endpoint_session_quota": fields["endpoint_session_quota"],
         "degraded_passthrough": _maps.PASSTHROUGH_MODE_NAMES.get(fields["degraded_passthrough"]),
@@ -152,7 +159,8 @@ def gather(params, ipr):
     if os.path.exists(os.path.join(pin_path, "endpoint_map")):
         with _maps.PinnedMaps(pin_path, names=["endpoint_map"]) as pinned:
             for key, value in pinned.items("endpoint_map"):
-                endpoints[key.value] = endpoint_text(value)
+                if not value.flags & _maps.ENDPOINT_FLAG_LEARNED:   # the monitor's
+                    endpoints[key.value] = endpoint_text(value)
     state["endpoints"] = endpoints
     attached, held = {}, {}
     for link in state["links"]:
@@ -449,8 +457,8 @@ def plan_endpoints(params, current):
 
 def _write_endpoints(pin_path, wanted):
     with _maps.PinnedMaps(pin_path, names=["endpoint_map"]) as pinned:
-        for key, _value in list(pinned.items("endpoint_map")):
-            if key.value not in wanted:
+        for key, value in list(pinned.items("endpoint_map")):
+            if key.value not in wanted and not value.flags & _maps.ENDPOINT_FLAG_LEARNED:
                 pinned.delete("endpoint_map", key)
         for index, text in wanted.items():
             address, prefixlen = parse_endpoint(text)

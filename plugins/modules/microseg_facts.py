@@ -130,6 +130,9 @@ ansible_facts:
               since), its C(session_quota) and C(half_open_quota) (0 - none), the counters
               C(syn_quota_drops) and C(degraded_flows), and C(over_quota) (which quota now
               degrades or drops its new flows; the other endpoints are not affected).
+            - For endpoints the L2 trust checks know - C(address), C(prefixlen), C(mac) and
+              C(source) (C(given) by O(ebpf.microseg.microseg_program#module:endpoints) or
+              C(learned) by microseg-monitor).
           type: dict
           returned: when installed
           sample: {"veth-web": {"ifindex": 7, "sessions": 12, "half_open": 0,

@@ -188,9 +188,20 @@ options:
         group is dropped before any session is made (C(not_for_endpoint)), as the bridge floods
         unknown unicast to every port, and such frames are not this container's. ARP is
         handed over only when it asks for its address or is gratuitous.
-      - Interfaces not listed are not checked. Empty turns the checks off.
+      - Interfaces not listed are not checked (unless O(learn_endpoints)). Empty turns the
+        checks off.
     type: dict
     default: {}
+  learn_endpoints:
+    description:
+      - Have microseg-monitor learn each container's address for the O(endpoints) checks -
+        the first global IPv4 address, its prefix and the MAC of the veth peer, read inside
+        the peer's network namespace every tick (a container changing its address is
+        followed within one tick), for every veth whose peer lives in another namespace.
+      - An address given in O(endpoints) wins over a learned one. A container with several
+        IPv4 addresses on one interface can send only from the first; give it explicitly.
+    type: bool
+    default: false
   bpf_source:
     description:
       - Internal. The C source files, filled in by the action plugin from the collection's
@@ -307,6 +318,7 @@ def argument_spec():
         other_l3=dict(type="str", choices=["allow", "drop"], default="drop"),
         log_rate=dict(type="int", default=100),
         endpoints=dict(type="dict", default={}),
+        learn_endpoints=dict(type="bool", default=False),
         bpf_source=dict(type="dict"),
     )
 

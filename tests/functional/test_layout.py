@@ -107,5 +107,7 @@ def test_flag_and_mode_constants_match_header():
     assert defines["MS_CFG_ANTISPOOF"] == _maps.CONFIG_FLAG_ANTISPOOF
     assert defines["SESSION_FLAG_EP_SYN_COUNTED"] == _maps.SESSION_FLAG_EP_SYN_COUNTED
     assert defines["ENDPOINT_FLAG_MAC"] == _maps.ENDPOINT_FLAG_MAC
+    assert defines["ENDPOINT_FLAG_LEARNED"] == _maps.ENDPOINT_FLAG_LEARNED
+    assert defines["MS_CFG_LEARN_ENDPOINTS"] == _maps.CONFIG_FLAG_LEARN_ENDPOINTS
     for name, value in _maps.PASSTHROUGH_MODES.items():
         assert defines["MS_PASSTHROUGH_" + name.upper()] == value
