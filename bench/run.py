@@ -135,7 +135,7 @@ def streamed_run(dp, fd, stream, flows, rounds, forget=True):
 def _reset_pressure(dp):
     """Pressure as the monitor would have left it: the live count, nothing else."""
     live = getattr(dp, "live_sessions", 0)
-    dp.maps.write_pressure(_maps.MapPressure(total_sessions=live))
+    dp.maps.write_pressure(_maps.MapPressure(total_sessions=live, last_check=time.monotonic_ns()))
 
 
 def _on_each_cpu(chunks, write):

@@ -172,13 +172,14 @@ static __always_inline void count_rule_hit(__u32 policy_id, __u64 now)
  * The verdict for the first packet of a flow: exact 5-tuple, else the compiled LPM chain,
  * else the default action of the direction. Bounded: one hash and at most four LPM lookups.
  */
-static __always_inline void decide(struct microseg_config *cfg, struct flow *f,
-                                   struct decision *d, __u64 now)
+static __always_inline void lookup_policy(struct microseg_config *cfg, struct flow *f,
+                                          struct decision *d, __u64 now, int count)
 {
     __u32 set = cfg->policy_epoch & 1;
     __u8 dir = f->direction & 1;
 
-    stat_add(STAT_POLICY_LOOKUPS, 1);
+    if (count)
+        stat_add(STAT_POLICY_LOOKUPS, 1);
     d->policy_id = 0;
     d->action = cfg->default_action[dir];
     d->exact = 0;
@@ -197,9 +198,11 @@ static __always_inline void decide(struct microseg_config *cfg, struct flow *f,
         d->policy_id = pv->policy_id;
         d->action = pv->action;
         d->exact = 1;
-        __sync_fetch_and_add(&pv->hit_count, 1);
-        pv->last_hit = now;
-        count_rule_hit(d->policy_id, now);
+        if (count) {
+            __sync_fetch_and_add(&pv->hit_count, 1);
+            pv->last_hit = now;
+            count_rule_hit(d->policy_id, now);
+        }
         return;
     }
 
@@ -235,7 +238,33 @@ static __always_inline void decide(struct microseg_config *cfg, struct flow *f,
     }
     d->policy_id = rv->policy_id;
     d->action = rv->action;
-    count_rule_hit(d->policy_id, now);
+    if (count)
+        count_rule_hit(d->policy_id, now);
+}
+
+/* A flow's verdict, counted (lookups, rule hits): what decides a packet. */
+static __always_inline void decide(struct microseg_config *cfg, struct flow *f,
+                                   struct decision *d, __u64 now)
+{
+    lookup_policy(cfg, f, d, now, 1);
+}
+
+/* The other side's view of a flow: would its reversed 5-tuple be allowed as a new flow?
+ * Not counted: it decides nothing by itself. */
+static __always_inline int reverse_allowed(struct microseg_config *cfg, struct flow *f,
+                                           __u64 now)
+{
+    struct flow r = {
+        .src_ip = f->dst_ip,
+        .dst_ip = f->src_ip,
+        .src_port = f->dst_port,
+        .dst_port = f->src_port,
+        .protocol = f->protocol,
+        .direction = f->direction ^ 1,
+    };
+    struct decision d = {};
+    lookup_policy(cfg, &r, &d, now, 0);
+    return d.action != MS_ACTION_DENY;
 }
 
 static __always_inline void emit_log(struct flow *f, struct decision *d, __u32 ifindex,
@@ -453,11 +482,32 @@ static __always_inline void session_forget(struct map_pressure *mp, struct sessi
         __sync_fetch_and_add(&u->sessions, -1);
 }
 
+/*
+ * Without the monitor the data plane cannot see sessions end (expiry, LRU eviction), so
+ * its count only grows and one burst would pin the host at critical. While the monitor's
+ * last recount is older than MS_MONITOR_SILENT_NS, the count decays by a quarter per
+ * second: the level then follows the recent insert rate; the monitor's next recount
+ * writes the true number back.
+ */
+#define MS_MONITOR_SILENT_NS (5 * MS_NSEC_PER_SEC)
+
+static __always_inline void pressure_decay(struct map_pressure *mp, __u64 now)
+{
+    if (!mp->total_sessions || now - mp->last_check < MS_MONITOR_SILENT_NS ||
+        now - mp->decayed_at < MS_NSEC_PER_SEC)
+        return;
+    /* Racy across CPUs by design: a lost or doubled step only shifts the estimate. */
+    mp->decayed_at = now;
+    __u64 total = mp->total_sessions;
+    mp->total_sessions = total - (total >> 2) - (total < 4 ? total : 0);
+}
+
 static __always_inline __u32 pressure_level(struct microseg_config *cfg,
-                                            struct map_pressure *mp)
+                                            struct map_pressure *mp, __u64 now)
 {
     if (!mp || !cfg->pressure_warn_sessions)
         return PRESSURE_NORMAL;
+    pressure_decay(mp, now);
     __u32 level = PRESSURE_NORMAL;
     if (mp->total_sessions >= cfg->pressure_crit_sessions)
         level = PRESSURE_CRITICAL;
@@ -550,6 +600,19 @@ static __always_inline int opens_own_flow(struct session_value *s, __u8 protocol
     if (protocol == IPPROTO_ICMP)
         return icmp_type == ICMP_ECHO;
     return s->action == MS_ACTION_DENY;
+}
+
+/* Can this packet be a reply? A TCP segment carrying an ACK (a SYN-ACK included, a bare
+ * SYN not), any UDP datagram, an ICMP echo reply. */
+static __always_inline int reply_shaped(__u8 protocol, __u8 tcp_flags, __u8 icmp_type)
+{
+    if (protocol == IPPROTO_TCP)
+        return (tcp_flags & TCPF_ACK) != 0;
+    if (protocol == IPPROTO_UDP)
+        return 1;
+    if (protocol == IPPROTO_ICMP)
+        return icmp_type == ICMP_ECHOREPLY;
+    return 0;
 }
 
 /*
@@ -960,7 +1023,7 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
             __sync_fetch_and_add(&u->syn_quota_drops, 1);
             return verdict_drop(len);
         }
-        int degraded = pressure_level(cfg, mp) == PRESSURE_CRITICAL;
+        int degraded = pressure_level(cfg, mp, now) == PRESSURE_CRITICAL;
         if (u && cfg->endpoint_session_quota && u->sessions >= cfg->endpoint_session_quota) {
             stat_add(STAT_ENDPOINT_DEGRADED, 1);
             __sync_fetch_and_add(&u->degraded_flows, 1);
@@ -1017,6 +1080,14 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
             } else if (degraded && degraded_passthrough(cfg, &f, &d)) {
                 stat_add(STAT_UNTRACKED_PASSES, 1);
                 stat_add(STAT_DEGRADED_PASSTHROUGH, 1);
+                action = MS_ACTION_ALLOW;
+            } else if (degraded && reply_shaped(f.protocol, tcp_flags, icmp_type) &&
+                       reverse_allowed(cfg, &f, now)) {
+                /* Untracked, an allowed flow's replies meet no session: a reply whose
+                 * reversed 5-tuple the policy allows as a new flow passes (a reflexive,
+                 * stateless check, for as long as new flows cannot be tracked). */
+                stat_add(STAT_UNTRACKED_PASSES, 1);
+                stat_add(STAT_DEGRADED_REPLIES, 1);
                 action = MS_ACTION_ALLOW;
             } else if (degraded) {
                 stat_add(STAT_MAP_FULL_DROPS, 1);

@@ -112,7 +112,8 @@
 #define STAT_ARP_SPOOF_DROPS       30  /* ARP a container sent for an address not its own */
 #define STAT_NOT_FOR_ENDPOINT      31  /* frames towards a container not addressed to it */
 #define STAT_VLAN_TAGGED           32  /* 802.1Q/802.1ad frames (in-band or offloaded tag) */
-#define STAT_MAX                   33
+#define STAT_DEGRADED_REPLIES      33  /* untracked replies passed by the reflexive check */
+#define STAT_MAX                   34
 
 /* ---- map keys and values ----------------------------------------------------- */
 
@@ -219,6 +220,7 @@ struct map_pressure {
     __u64 last_check;
     __u32 pressure_level;
     __u32 syn_sent_count;
+    __u64 decayed_at;     /* the data plane's last decay step (monitor silent) */
 };
 
 /*

@@ -65,7 +65,7 @@ STAT_NAMES = [
     "reevaluations", "spoof_drops", "insert_failures",
     "degraded_passthrough", "degraded_rule_drops", "endpoint_syn_drops",
     "endpoint_degraded", "icmp_related", "reverse_new_flows",
-    "arp_spoof_drops", "not_for_endpoint", "vlan_tagged",
+    "arp_spoof_drops", "not_for_endpoint", "vlan_tagged", "degraded_replies",
 ]
 STAT = dict((name, i) for i, name in enumerate(STAT_NAMES))
 STAT_MAX = len(STAT_NAMES)
@@ -166,6 +166,7 @@ class MapPressure(_Struct):
         ("total_sessions", ctypes.c_uint64), ("evictions", ctypes.c_uint64),
         ("insertion_failures", ctypes.c_uint64), ("last_check", ctypes.c_uint64),
         ("pressure_level", ctypes.c_uint32), ("syn_sent_count", ctypes.c_uint32),
+        ("decayed_at", ctypes.c_uint64),
     ]
 
 

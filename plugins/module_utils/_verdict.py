@@ -109,17 +109,22 @@ def verdict(policy, direction, src_ip, dst_ip, protocol, src_port=0, dst_port=0)
 
 PASSTHROUGH_MODES = ("default_only", "always", "never")
 ICMP = 1
+UDP = 17
 DNS_PORT = 53
 
 
 def degraded_passes(policy, direction, src_ip, dst_ip, protocol, src_port=0, dst_port=0,
-                    passthrough="default_only"):
-    """(passes, action, policy_id) for the first packet of a flow while new flows are
+                    passthrough="default_only", reply_shaped=None):
+    """(passes, action, policy_id) for a packet that meets no session while new flows are
     degraded (critical map pressure, or its endpoint over its session quota).
 
     The seed's degradation: allowed flows pass untracked, DNS and ICMP pass, the rest is
     dropped. DESIGN.md section 2 narrows the passthrough: with `default_only` (the default)
     only a packet the default action denied passes as DNS/ICMP; a deny rule always holds.
+    Untracked flows have no sessions for their replies, so a denied packet that can be a
+    reply (reply_shaped: a TCP segment with ACK, UDP, an ICMP echo reply; by default, UDP)
+    passes when its reversed 5-tuple is allowed as a new flow from the other side.
+    policy_id is always the packet's own verdict's.
     """
     if passthrough not in PASSTHROUGH_MODES:
         raise ValueError("passthrough: %r is not one of %s" % (passthrough, PASSTHROUGH_MODES))
@@ -128,6 +133,15 @@ def degraded_passes(policy, direction, src_ip, dst_ip, protocol, src_port=0, dst
     if action != "deny":
         return True, action, policy_id
     dns_or_icmp = protocol == ICMP or (protocol in PORT_PROTOCOLS and dst_port == DNS_PORT)
-    if not dns_or_icmp or passthrough == "never":
-        return False, action, policy_id
-    return (passthrough == "always" or policy_id == 0), action, policy_id
+    if dns_or_icmp and (passthrough == "always" or
+                        (passthrough == "default_only" and policy_id == 0)):
+        return True, action, policy_id
+    if reply_shaped is None:
+        reply_shaped = protocol == UDP
+    if reply_shaped:
+        other = "ingress" if direction == "egress" else "egress"
+        reverse, _reverse_id = verdict(policy, other, dst_ip, src_ip, protocol, dst_port,
+                                       src_port)
+        if reverse != "deny":
+            return True, action, policy_id
+    return False, action, policy_id

@@ -7,6 +7,7 @@ from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import os
+import time
 import uuid
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
@@ -86,7 +87,8 @@ class Datapath:
                      "endpoint_map", "endpoint_usage_map"):
             self.maps.clear(name)
         self.maps.reset_stats()
-        self.maps.write_pressure(_maps.MapPressure())
+        # A fresh recount, as if the monitor ran: the data plane decays a stale count.
+        self.maps.write_pressure(_maps.MapPressure(last_check=time.monotonic_ns()))
         self.maps.update("log_rate_map", _maps.U32(0), _maps.LogRate())
         cfg = _maps.MicrosegConfig()
         cfg.session_max = self.sizes["session_map_size"]

@@ -20,6 +20,7 @@ __metaclass__ = type
 import json
 import os
 import random
+import time
 
 import pytest
 from hypothesis import given, seed, settings, strategies as st
@@ -148,7 +149,7 @@ def degrade(dp, passthrough):
     """Critical pressure from here on: every new flow is degraded (never tracked)."""
     dp.set_config(pressure_warn_sessions=1, pressure_crit_sessions=1,
                   degraded_passthrough=_maps.PASSTHROUGH_MODES[passthrough])
-    pressure = _maps.MapPressure(total_sessions=1)
+    pressure = _maps.MapPressure(total_sessions=1, last_check=time.monotonic_ns())
     dp.maps.write_pressure(pressure)
 
 

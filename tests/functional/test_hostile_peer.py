@@ -11,6 +11,7 @@ could change another flow's verdict? `dp.egress` runs the hook that sees what we
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import time
 import uuid
 
 import pytest
@@ -179,7 +180,7 @@ def test_denied_port_reuse_leaves_no_session(dp):
 def _critical(dp, passthrough="default_only"):
     dp.set_config(default_action=DENY_BOTH, pressure_warn_sessions=1, pressure_crit_sessions=1,
                   degraded_passthrough=_maps.PASSTHROUGH_MODES[passthrough])
-    dp.maps.write_pressure(_maps.MapPressure(total_sessions=1))
+    dp.maps.write_pressure(_maps.MapPressure(total_sessions=1, last_check=time.monotonic_ns()))
 
 
 def _quarantine(dp):
@@ -384,3 +385,56 @@ def test_monitor_recount_rewrites_usage_and_keeps_drop_counters(dp, endpoints):
     dp.maps.clear("session_map")
     _sessions.rewrite_endpoint_usage(dp.maps, {}, {other})
     assert usage_of(dp, busy) is None
+
+
+# ---- floods and pressure: allowed connections keep opening (issue 24) ---------------------
+
+def test_allowed_connection_opens_at_critical_pressure(dp):
+    """Untracked, web's SYN passes as allowed; db's SYN-ACK meets no session and would be
+    db's new flow (denied): as a reply whose reverse is allowed, it passes."""
+    _critical(dp)
+    dp.add_remote_cidr(D + "/32", "egress", "allow", policy_id=90)
+    assert tcp_w(dp, P.SYN, seq=100)
+    assert tcp_d(dp, P.SYN | P.ACK, seq=500, ack=101)
+    assert tcp_w(dp, P.ACK, seq=101, ack=501)
+    assert tcp_d(dp, P.ACK | P.PSH, seq=501, ack=101, payload=b"row")
+    assert dp.egress(P.udp_frame(W, D, 40001, 5353))
+    assert dp.ingress(P.udp_frame(D, W, 5353, 40001))
+    assert not dp.sessions()
+    stats = dp.stats()
+    assert stats["degraded_replies"] == 3 and stats["untracked_passes"] == 6
+    assert dp.rule_hits(90) == 3          # the reverse checks count no rule hit
+
+
+def test_reflexive_check_lets_no_new_flow_in(dp):
+    _critical(dp, "never")     # no DNS/ICMP passthrough: only the reflexive check
+    dp.add_remote_cidr(D + "/32", "egress", "allow", policy_id=91)
+    assert not tcp_d(dp, P.SYN, seq=500)                          # db's own new connection
+    assert not dp.ingress(P.tcp_frame(OTHER, W, 5432, 40000, P.ACK, 1, 1))   # reverse denied
+    assert not dp.ingress(P.icmp_frame(D, W, kind=8))             # echo request: not a reply
+    assert dp.ingress(P.icmp_frame(D, W, kind=0))                 # echo reply to web's ping
+    assert dp.stats()["degraded_replies"] == 1
+
+
+def test_reflexive_check_only_while_degraded(dp):
+    dp.set_config(default_action=DENY_BOTH)
+    dp.add_remote_cidr(D + "/32", "egress", "allow", policy_id=92)
+    assert not tcp_d(dp, P.SYN | P.ACK, seq=500, ack=101)     # no session, not degraded
+    assert dp.stats()["degraded_replies"] == 0
+
+
+def test_a_stale_count_decays_without_the_monitor(dp):
+    """The data plane cannot see sessions end; with no recount for 5 s its count falls by
+    a quarter per second, so a burst does not pin the host at critical."""
+    dp.set_config(pressure_warn_sessions=700, pressure_crit_sessions=900)
+    dp.maps.write_pressure(_maps.MapPressure(total_sessions=1000, last_check=1))
+    assert dp.egress(P.udp_frame(W, D, 40000, 7000))        # one decay step, then the flow
+    pressure = dp.pressure()
+    assert pressure.total_sessions == 1000 - 250 + 1 and pressure.pressure_level == 1
+    assert dp.session(W, D, 40000, 7000, UDP) is not None   # tracked again
+    assert dp.egress(P.udp_frame(W, D, 40001, 7000))        # within the same second: no step
+    assert dp.pressure().total_sessions == 752
+    # A fresh recount (the monitor is there): no decay.
+    dp.maps.write_pressure(_maps.MapPressure(total_sessions=1000, last_check=time.monotonic_ns()))
+    assert dp.egress(P.udp_frame(W, D, 40002, 7000))
+    assert dp.pressure().total_sessions == 1000 and dp.pressure().pressure_level == 2

@@ -11,6 +11,7 @@ __metaclass__ = type
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -177,3 +178,20 @@ def test_pmtu_discovery_works_under_default_deny(lab):
     assert not [k for k, _v in dp.sessions() if k.protocol == 1]
     route = client.run("ip", "route", "get", FAR).stdout
     assert "mtu 1280" in route, route
+
+
+def test_allowed_connections_keep_opening_at_critical_pressure(lab):
+    """Untracked at critical pressure, a new allowed connection still completes: its
+    replies pass the reflexive check; the other direction stays closed."""
+    net, dp = lab
+    _fresh(dp, pressure_warn_sessions=1, pressure_crit_sessions=1)
+    client, server = net["client"], net["server"]
+    allow_pair(dp, client, server, 5432)
+    dp.maps.write_pressure(_maps.MapPressure(total_sessions=1, last_check=time.monotonic_ns()))
+    results = [client.probe("tcp", server.address, 5432, 1.0) for _i in range(5)]
+    assert results == ["ok"] * 5
+    assert net["flood"].probe("tcp", server.address, 5432, 0.5) == "fail"
+    stats = dp.stats()
+    assert stats["degraded_replies"] >= 5 and stats["map_full_drops"] >= 1
+    assert dp.pressure().pressure_level == 2
+    assert not [k for k, _v in dp.sessions() if k.protocol == 6]
