@@ -17,7 +17,7 @@ LAB_HOSTS ?= 3
 LAB_ANSIBLE := $(WITH_COLL) ANSIBLE_FORKS=20 ANSIBLE_HOST_KEY_CHECKING=False
 PYTEST := $(WITH_COLL) $(PY) -m pytest -p no:cacheprovider -q -ra
 
-.PHONY: help deps collection copy sanity integration molecule unit functional test demo demo-clean bench bench-flood build clean
+.PHONY: help deps collection copy sanity integration molecule unit functional test demo demo-clean bench bench-flood bench-floods build clean
 
 help:
 	@echo "make demo        build the lab fleet (LAB_HOSTS=3), run site.yml over SSH, print the matrix"
@@ -25,6 +25,7 @@ help:
 	@echo "make test        install deps; sanity, integration, molecule, unit and real-kernel tests"
 	@echo "make bench       data plane ns/packet and control plane timings (bench/results.md)"
 	@echo "make bench-flood a denied flood: shipped (no deny sessions) vs deny entries"
+	@echo "make bench-floods real floods from one container: the others' connections"
 	@echo "make build       ansible-galaxy collection build into build/dist"
 
 deps:
@@ -79,6 +80,10 @@ bench: deps collection
 # One table in about a minute: the cost of a denied flood and the sessions it leaves.
 bench-flood: deps collection
 	cd $(COLL) && $(WITH_COLL) $(PY) bench/denied_flood.py
+
+# Floods from one container on real traffic: what the other containers see (issue 24).
+bench-floods: deps collection
+	cd $(COLL) && $(WITH_COLL) $(PY) bench/floods.py
 
 build: deps
 	@mkdir -p $(BUILD)/dist

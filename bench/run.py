@@ -506,6 +506,11 @@ def main():
         results.add(("Pushing R rules to 3 hosts: microseg_policy vs ansible.builtin.iptables, "
                      "wall seconds",
                      table(("contender", "first run", "re-run", "changed on re-run"), pushed)))
+    if not args.skip_traffic:
+        print("data plane: floods from one container on real traffic", file=sys.stderr)
+        from ansible_collections.ebpf.microseg.bench import floods
+        results.add(("Floods from one container, new allowed connections from another "
+                     "(default sizes, real traffic)", table(floods.HEADERS, floods.rows())))
     if not args.skip_traffic and os.path.exists(os.path.join(HERE, "traffic.py")):
         print("data plane: real traffic against iptables and nftables", file=sys.stderr)
         subprocess.run([sys.executable, os.path.join(HERE, "traffic.py")], check=True)
