@@ -29,6 +29,7 @@ import threading
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _endpoints
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -37,6 +38,8 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _ringbuf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 
 DEFAULT_METRICS_PORT = 9466
+DEFAULT_LOG_MAX_BYTES = 100 * 1024 * 1024   # events.jsonl rotates past this size
+DEFAULT_LOG_BACKUPS = 5                      # events.jsonl.1 (newest) .. .5 (oldest)
 EVENTS_PER_WAKEUP = 4096      # bounds memory: the ring itself bounds what is pending
 REASONS = {0: "new_flow", 1: "reevaluate"}
 
@@ -286,6 +289,61 @@ class DataPlane:
         self.config_map_id = None
 
 
+class EventLog:
+    """LOG events as JSON lines in a file rotated by size, between whole records.
+
+    A record that would take the file past max_bytes first renames FILE.(n-1) to FILE.n
+    (the oldest, FILE.backups, is replaced) and FILE to FILE.1, then starts a new FILE; with
+    no backups the file starts over empty. A record longer than max_bytes on its own is
+    written whole to a fresh file. max_bytes 0 never rotates.
+    """
+
+    def __init__(self, path, max_bytes=DEFAULT_LOG_MAX_BYTES, backups=DEFAULT_LOG_BACKUPS):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.rotations = 0
+        self.handle = None
+        self.size = 0
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._open()
+
+    def _open(self):
+        self.handle = open(self.path, "ab", buffering=0)
+        self.size = os.fstat(self.handle.fileno()).st_size
+
+    def write(self, line):
+        """Write one record (a line without its newline)."""
+        data = line.encode("utf-8") + b"\n"
+        if self.max_bytes and self.size and self.size + len(data) > self.max_bytes:
+            self.rotate()
+        self.handle.write(data)
+        self.size += len(data)
+
+    def rotate(self):
+        self.handle.close()
+        try:
+            if self.backups:
+                for index in range(self.backups - 1, 0, -1):
+                    older = "%s.%d" % (self.path, index)
+                    if os.path.exists(older):
+                        os.rename(older, "%s.%d" % (self.path, index + 1))
+                os.rename(self.path, self.path + ".1")
+            else:
+                os.unlink(self.path)
+        except OSError:
+            pass   # moved or removed behind our back: a new file all the same
+        self.rotations += 1
+        self._open()
+
+    def close(self):
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
 class Monitor:
 
     def __init__(self, options, out=None, err=None):
@@ -295,6 +353,8 @@ class Monitor:
         self.plane = DataPlane(options.pin_path)
         self.timeouts = _sessions.timeouts_ns(options.timeouts)
         self.endpoint_usage = {}
+        self.learned = {}
+        self.namespaces = None
         self.stopping = False
         self.metrics = None
         self.events = None
@@ -323,10 +383,7 @@ class Monitor:
         signal.signal(signal.SIGINT, self.stop)
         opts = self.options
         if opts.log_file:
-            directory = os.path.dirname(opts.log_file)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
-            self.events = open(opts.log_file, "a", buffering=1)
+            self.events = EventLog(opts.log_file, opts.log_max_bytes, opts.log_backups)
         if opts.metrics_port >= 0:
             self.metrics = MetricsServer(opts.metrics_address, opts.metrics_port)
             self.say("metrics on http://%s:%d/metrics" % (opts.metrics_address, self.metrics.port))
@@ -437,6 +494,7 @@ class Monitor:
                 live = set(self.ifnames)
             self.endpoint_usage = _sessions.rewrite_endpoint_usage(
                 maps, sweep["by_endpoint"], live)
+            self._learn_endpoints(config)
         except OSError as exc:
             self.say("tick failed: %s" % exc)
             self.plane.close()
@@ -487,6 +545,21 @@ class Monitor:
         }
         self.metrics.publish(render_metrics(snapshot))
 
+    def _learn_endpoints(self, config):
+        """Keep endpoint_map's learned entries equal to what the containers' namespaces
+        say now (microseg_program learn_endpoints); forget them when learning is off."""
+        learning = bool(config and config.flags & _maps.CONFIG_FLAG_LEARN_ENDPOINTS)
+        if self.ipr is None or not (learning or self.learned):
+            return
+        if self.namespaces is None:
+            self.namespaces = _endpoints.NamespaceFinder(self.ipr)
+        learned = _endpoints.learn(self.ipr, self.namespaces, None) if learning else {}
+        if _endpoints.write_learned(self.plane.maps, learned):
+            self.say("endpoints learned: %s" % ", ".join(
+                "%s=%s" % (self.ifnames.get(index, index), _maps.u32_to_ip(value.ip))
+                for index, value in sorted(learned.items())) if learned else "none")
+        self.learned = learned
+
     def _endpoint_rows(self, config):
         """Per endpoint: its interface name, usage as last recounted, and its quotas."""
         rows = []
@@ -532,7 +605,7 @@ class Monitor:
                 self._refresh_ifnames()
             line = json.dumps(event_record(event, names, self.ifnames, wall_of), sort_keys=True)
             if self.events is not None:
-                self.events.write(line + "\n")
+                self.events.write(line)
             if self.options.events_to_stdout:
                 self.out.write(line + "\n")
             self.events_written += 1
@@ -674,6 +747,12 @@ def parse_args(argv=None):
                         help="count sessions but delete none")
     parser.add_argument("--log-file", default="/var/log/microseg/events.jsonl",
                         help="LOG events as JSON lines ('' disables)")
+    parser.add_argument("--log-max-bytes", type=int, default=DEFAULT_LOG_MAX_BYTES,
+                        help="rotate the log file before it grows past this many bytes; "
+                             "0 never rotates (default %d)" % DEFAULT_LOG_MAX_BYTES)
+    parser.add_argument("--log-backups", type=int, default=DEFAULT_LOG_BACKUPS,
+                        help="rotated files kept, FILE.1 the newest; 0 keeps none "
+                             "(default %d)" % DEFAULT_LOG_BACKUPS)
     parser.add_argument("--no-events-stdout", dest="events_to_stdout", action="store_false")
     parser.add_argument("--metrics-address", default="127.0.0.1")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
@@ -697,6 +776,10 @@ def parse_args(argv=None):
                             for name in _sessions.DEFAULT_TIMEOUTS)
     if options.interval <= 0:
         parser.error("--interval must be positive")
+    if options.log_max_bytes < 0:
+        parser.error("--log-max-bytes must be 0 or more")
+    if options.log_backups < 0:
+        parser.error("--log-backups must be 0 or more")
     return options
 
 
