@@ -149,10 +149,19 @@ def write_source(pin_path, policy_set, chunks):
 
 # ---- lock --------------------------------------------------------------------------------
 
-class HostLock:
-    """Serializes converges of one pin directory (of one bpffs instance) on this host."""
+class HostLockBusy(Exception):
+    pass
 
-    def __init__(self, pin_path):
+
+class HostLock:
+    """Serializes every read-modify-write of one pin directory's shared maps (config_map,
+    microseg_meta, endpoint_map) on this host: policy converges, program runs, the monitor.
+
+    With timeout (seconds), entering raises HostLockBusy instead of waiting longer.
+    """
+
+    def __init__(self, pin_path, timeout=None):
+        self.timeout = timeout
         st = os.stat(pin_path)
         digest = hashlib.sha1(("%d:%s" % (st.st_dev, pin_path)).encode()).hexdigest()[:16]
         if not os.path.isdir(LOCK_DIR):
@@ -162,8 +171,19 @@ class HostLock:
 
     def __enter__(self):
         self.handle = open(self.path, "w")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
+        if self.timeout is None:
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+            return self
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except (IOError, OSError):
+                if time.monotonic() >= deadline:
+                    self.handle.close()
+                    raise HostLockBusy("%s is held by another run" % self.path)
+                time.sleep(0.05)
 
     def __exit__(self, *exc):
         fcntl.flock(self.handle, fcntl.LOCK_UN)

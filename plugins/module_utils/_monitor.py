@@ -29,6 +29,7 @@ import threading
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _endpoints
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
@@ -554,7 +555,12 @@ class Monitor:
         if self.namespaces is None:
             self.namespaces = _endpoints.NamespaceFinder(self.ipr)
         learned = _endpoints.learn(self.ipr, self.namespaces, None) if learning else {}
-        if _endpoints.write_learned(self.plane.maps, learned):
+        try:
+            with _converge.HostLock(self.options.pin_path, timeout=0):
+                changes = _endpoints.write_learned(self.plane.maps, learned)
+        except _converge.HostLockBusy:
+            return       # a module run holds the maps: learn again next tick
+        if changes:
             self.say("endpoints learned: %s" % ", ".join(
                 "%s=%s" % (self.ifnames.get(index, index), _maps.u32_to_ip(value.ip))
                 for index, value in sorted(learned.items())) if learned else "none")
@@ -673,20 +679,21 @@ class Monitor:
             self._record_interface(link["name"], hooks, present=True)
 
     def _record_interface(self, name, hooks, present):
-        meta = _loader.read_meta(self.options.pin_path)
-        if meta is None:
-            return
-        interfaces = dict(meta.get("interfaces") or {})
-        if present:
-            interfaces[name] = sorted(hooks)
-        elif name in interfaces:
-            del interfaces[name]
-        else:
-            return
-        meta["interfaces"] = interfaces
         try:
-            _loader.write_meta(self.options.pin_path, meta)
-        except (OSError, _loader.LoaderError) as exc:
+            with _converge.HostLock(self.options.pin_path, timeout=15):
+                meta = _loader.read_meta(self.options.pin_path)
+                if meta is None:
+                    return
+                interfaces = dict(meta.get("interfaces") or {})
+                if present:
+                    interfaces[name] = sorted(hooks)
+                elif name in interfaces:
+                    del interfaces[name]
+                else:
+                    return
+                meta["interfaces"] = interfaces
+                _loader.write_meta(self.options.pin_path, meta)
+        except (OSError, _loader.LoaderError, _converge.HostLockBusy) as exc:
             self.say("cannot record %s: %s" % (name, exc))
 
     def _link_events(self):

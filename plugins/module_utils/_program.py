@@ -15,6 +15,7 @@ import socket
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -323,6 +324,17 @@ def apply(params, sources, current, actions, sizes, headers_fn, ipr):
         return report
 
     report["bpffs_mounted"] = _loader.ensure_pin_dir(pin_path)
+    # config_map and microseg_meta are read-modify-written by microseg_policy (the policy
+    # epoch) and the monitor too: the host lock keeps a concurrent converge's epoch flip
+    # from being written back with the value read before it (or lost in a map migration).
+    with _converge.HostLock(pin_path):
+        return _apply_present(params, sources, current, actions, sizes, headers_fn, ipr,
+                              links, meta, report)
+
+
+def _apply_present(params, sources, current, actions, sizes, headers_fn, ipr, links, meta,
+                   report):
+    pin_path = params["pin_path"]
     kinds = set(act["action"] for act in actions)
     staged = False
     fds = {}
