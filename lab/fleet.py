@@ -66,7 +66,9 @@ SSHD_CONFIG = """ListenAddress {address}
 HostKey {host_key}
 PidFile {state}/sshd.pid
 PermitRootLogin prohibit-password
-AuthorizedKeysFile {authorized_keys}
+# The fleet's key for root; an ordinary user a test adds inside a host (to run with become)
+# brings its own in its home, since sshd reads the file as that user.
+AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no

@@ -20,6 +20,7 @@ APT_PACKAGES=(
   python3-bpfcc bpftool "$(arch_headers)" linux-libc-dev gcc
   iproute2 procps openssh-server openssh-client iperf3 nftables iptables
   python3-pyroute2 python3-netaddr python3-venv python3-pip python3-yaml python3-apt shellcheck
+  sudo
 )
 
 missing=()

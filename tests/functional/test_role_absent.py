@@ -89,7 +89,7 @@ def lab_host(tmp_path):
         lab.down()
 
 
-def run_role(lab, work, **extra):
+def run_role(lab, work, expect_rc=0, **extra):
     play = [{"name": "microseg", "hosts": "microseg_hosts", "gather_facts": True,
              "gather_subset": ["min"],
              "roles": [{"role": "ebpf.microseg.microseg"}],
@@ -112,7 +112,10 @@ def run_role(lab, work, **extra):
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, cwd=str(work), check=False)
     result = ansible_runner._parse(proc, time.time() - started)
-    assert result.rc == 0, "ansible-playbook failed:\n%s\n%s" % (result.stdout, result.stderr)
+    if expect_rc == 0:
+        assert result.rc == 0, "ansible-playbook failed:\n%s\n%s" % (result.stdout, result.stderr)
+    else:
+        assert result.rc != 0, "ansible-playbook passed:\n%s" % result.stdout
     return result
 
 
@@ -181,3 +184,33 @@ def test_absent_removes_what_present_added(lab_host, tmp_path):
     run_role(lab_host, tmp_path, microseg_state="absent")
     assert listing(lab_host) == before
     assert time.time() - started < 240
+
+
+def test_the_role_runs_through_a_non_root_ssh_user_with_sudo(lab_host, tmp_path):
+    """AWX-style: SSH as an ordinary user, escalate on the target with become (sudo)."""
+    # The user exists only in the host's overlaid /etc and /var (see lab_host).
+    lab_host.exec(HOST, ["sh", "-c", "\n".join([
+        "set -e",
+        "useradd -m -d /var/lib/msops -s /bin/sh msops",
+        "usermod -p '*' msops",     # no password, and not locked: key login works
+        "echo 'msops ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/msops",
+        "chmod 0440 /etc/sudoers.d/msops",
+        "mkdir -p /var/lib/msops/.ssh",
+        "cp %s.pub /var/lib/msops/.ssh/authorized_keys" % lab_host.key,
+        "chown -R msops /var/lib/msops/.ssh",
+        "chmod 0700 /var/lib/msops/.ssh"])], check=True)
+    who = lab_host.exec(HOST, ["sudo", "-u", "msops", "id", "-u"], check=True).stdout.strip()
+    assert who != "0"
+    # Without become an ordinary user cannot load BPF: the run fails, and says so.
+    refused = run_role(lab_host, tmp_path, expect_rc=1, ansible_user="msops")
+    assert '"unreachable": 0' in refused.stdout, "SSH as msops did not work"
+    assert "needs root on h1" in refused.stdout and "become: true" in refused.stdout, \
+        refused.stdout[-2000:]
+    ran = run_role(lab_host, tmp_path, ansible_user="msops", ansible_become=True)
+    assert ran.rc == 0
+    filters = lab_host.exec(HOST, ["tc", "filter", "show", "dev", VETH, "ingress"],
+                            check=True).stdout
+    assert "microseg_from_container" in filters, filters
+    assert monitors(lab_host), "the monitor does not run"
+    run_role(lab_host, tmp_path, ansible_user="msops", ansible_become=True,
+             microseg_state="absent")
