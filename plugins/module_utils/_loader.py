@@ -15,6 +15,7 @@ version (no kprobes), so a nearby version compiles correct code; we report which
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import contextlib
 import hashlib
 import json
 import os
@@ -328,6 +329,24 @@ def migrate_maps(pin_path, names):
 
 # ---- compile and load ------------------------------------------------------------------
 
+@contextlib.contextmanager
+def headers_environment(headers):
+    """The environment BCC needs to find the headers find_kernel_headers() chose (a
+    fallback tree is presented through variables), restored afterwards."""
+    saved = {}
+    try:
+        for key, value in headers.get("env", {}).items():
+            saved[key] = os.environ.get(key)
+            os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def compile_and_load(sources, pin_path, sizes, headers, functions=None, defines=()):
     """Compile with BCC, creating or reusing the pinned maps; return program fds.
 
@@ -341,19 +360,16 @@ def compile_and_load(sources, pin_path, sizes, headers, functions=None, defines=
         raise LoaderError("BCC python bindings are missing (python3-bpfcc / python3-bcc)")
 
     workdir = tempfile.mkdtemp(prefix="microseg-src-")
-    saved_env = {}
     started = time.time()
     try:
         for name, text in sources.items():
             with open(os.path.join(workdir, name), "w") as handle:
                 handle.write(text)
-        for key, value in headers.get("env", {}).items():
-            saved_env[key] = os.environ.get(key)
-            os.environ[key] = value
         try:
-            module = BPF(src_file=os.path.join(workdir, "microseg.bpf.c").encode(),
-                         cflags=cflags_for(pin_path, sizes, workdir)
-                         + ["-D%s" % name for name in defines])
+            with headers_environment(headers):
+                module = BPF(src_file=os.path.join(workdir, "microseg.bpf.c").encode(),
+                             cflags=cflags_for(pin_path, sizes, workdir)
+                             + ["-D%s" % name for name in defines])
         except Exception as exc:
             raise LoaderError("BCC failed to compile microseg.bpf.c with %s headers at %s: %s"
                               % (headers["kind"], headers["path"], exc))
@@ -371,11 +387,6 @@ def compile_and_load(sources, pin_path, sizes, headers, functions=None, defines=
             module.cleanup()
         return fds, time.time() - started
     finally:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -137,12 +137,17 @@ def test_cut_udp_flow_is_no_trap_for_the_other_side(dp):
     assert dp.stats()["reverse_new_flows"] == 1
 
 
-def test_cut_tcp_flow_drops_its_packets_but_not_the_other_sides_new_connection(dp):
+def _handshake(dp, policy_id):
+    """web connects 40000 -> db:5432, allowed by an egress rule, under default deny."""
     dp.set_config(default_action=DENY_BOTH)
-    dp.add_remote_cidr(D + "/32", "egress", "allow", policy_id=63)
+    dp.add_remote_cidr(D + "/32", "egress", "allow", policy_id=policy_id)
     assert tcp_w(dp, P.SYN, seq=100)
     assert tcp_d(dp, P.SYN | P.ACK, seq=500, ack=101)
     assert tcp_w(dp, P.ACK, seq=101, ack=501)
+
+
+def test_cut_tcp_flow_drops_its_packets_but_not_the_other_sides_new_connection(dp):
+    _handshake(dp, 63)
 
     def rules(ps):
         dp.add_remote_cidr(D + "/32", "egress", "deny", policy_id=64, policy_set=ps)
@@ -226,11 +231,7 @@ def test_without_pressure_quarantine_and_default_deny_drop_dns(dp):
 # ---- ICMP errors are related -------------------------------------------------------------
 
 def _established_tcp(dp):
-    dp.set_config(default_action=DENY_BOTH)
-    dp.add_remote_cidr(D + "/32", "egress", "allow", policy_id=80)
-    assert tcp_w(dp, P.SYN, seq=100)
-    assert tcp_d(dp, P.SYN | P.ACK, seq=500, ack=101)
-    assert tcp_w(dp, P.ACK, seq=101, ack=501)
+    _handshake(dp, 80)
     return P.ip_packet(P.tcp_frame(W, D, 40000, 5432, P.ACK | P.PSH, 101, 501, b"x" * 1400))
 
 

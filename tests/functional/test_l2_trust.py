@@ -11,8 +11,6 @@ from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import contextlib
-import ctypes
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +18,7 @@ import time
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _endpoints
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
@@ -183,28 +182,12 @@ int push_vlan(struct __sk_buff *skb)
 
 @contextlib.contextmanager
 def route_in(netns):
-    """An IPRoute socket opened inside netns (the socket stays bound to it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    own = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open("/run/netns/%s" % netns, os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns %s" % netns)
-        try:
-            ipr = _netlink.open_route()
-        finally:
-            if libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
+    """An IPRoute socket opened inside netns (the monitor's own way in)."""
+    ipr = _endpoints.open_route_in("/run/netns/%s" % netns)
     try:
         yield ipr
     finally:
         ipr.close()
-
-
-CLONE_NEWNET = 0x40000000
 
 
 def test_offloaded_vlan_tag_follows_the_other_l3_mode(attached):
@@ -214,17 +197,8 @@ def test_offloaded_vlan_tag_follows_the_other_l3_mode(attached):
     lab, dp = attached
     bind_endpoints(lab, dp, checks=False)
     web = lab["web"]
-    headers = _loader.find_kernel_headers()
-    saved = dict((k, os.environ.get(k)) for k in headers.get("env", {}))
-    os.environ.update(headers.get("env", {}))
-    try:
+    with _loader.headers_environment(_loader.find_kernel_headers()):
         pusher = BPF(text=VLAN_PUSH.encode())
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     fn = pusher.load_func(b"push_vlan", BPF.SCHED_CLS)
     web.run("ip", "route", "add", "198.18.109.0/24", "dev", "eth0")
     web.run("ip", "neigh", "replace", "198.18.109.20", "lladdr", GHOST_MAC, "dev", "eth0",
