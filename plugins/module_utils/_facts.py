@@ -196,6 +196,10 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=
     facts["installed"] = True
     meta = _loader.read_meta(pin_path) or {}
     facts["drift"] = drift(meta, links, facts["interfaces"])
+    selection = meta.get("selection") or {}
+    facts["skipped_ports"] = [
+        name for name in _netlink.bridge_ports(links, selection.get("bridge"))[1]
+        if name not in facts["interfaces"]]
     facts["program"] = {
         "source_sha256": meta.get("source_sha256"),
         "headers": meta.get("headers"),

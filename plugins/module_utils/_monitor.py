@@ -18,7 +18,6 @@ __metaclass__ = type
 
 import argparse
 import ctypes
-import fnmatch
 import json
 import os
 import select
@@ -630,15 +629,9 @@ class Monitor:
         return (list(selection.get("interfaces") or []), selection.get("bridge"),
                 list(selection.get("hooks") or opts.hooks))
 
-    def _wanted(self, link, links, patterns, bridge):
-        if link["name"] == "lo" or link["kind"] == "bridge":
-            return False
-        if any(fnmatch.fnmatchcase(link["name"], p) for p in patterns):
-            return True
-        if bridge:
-            masters = [other["index"] for other in links if other["name"] == bridge]
-            return bool(masters) and link["master"] == masters[0]
-        return False
+    @staticmethod
+    def _wanted(link, links, patterns, bridge):
+        return _netlink.is_selected(link, links, patterns, bridge)
 
     def _reconcile_attachments(self):
         if not self.options.attach or self.ipr is None or not self.plane.up:

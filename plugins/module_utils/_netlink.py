@@ -76,6 +76,8 @@ def list_links(ipr):
             "master": msg.get_attr("IFLA_MASTER"),
             "kind": kind,
             "up": bool(msg["flags"] & 1),
+            # Set when the link's peer (veth, netkit) lives in another network namespace.
+            "peer_netnsid": msg.get_attr("IFLA_LINK_NETNSID"),
         })
     return links
 
@@ -84,9 +86,47 @@ def has_glob(pattern):
     return any(ch in pattern for ch in "*?[")
 
 
+# Kinds whose far end is a container: the program's view (TC ingress = what the container
+# sends) only holds for them.
+CONTAINER_PORT_KINDS = ("veth", "netkit")
+
+
+def is_container_port(link):
+    """A veth (or netkit) whose peer lives in another network namespace: a container's.
+
+    A physical NIC, a bond or VLAN uplink, a dummy, a tap, or a veth whose peer stays in the
+    bridge's own namespace is not: filtering it with the container-perspective program
+    would police the host's uplink as if it were a container.
+    """
+    return link.get("kind") in CONTAINER_PORT_KINDS and link.get("peer_netnsid") is not None
+
+
+def bridge_ports(links, bridge):
+    """(container ports, other ports) of bridge, as sorted names; ([], []) without one."""
+    masters = [link["index"] for link in links if link["name"] == bridge]
+    if not bridge or not masters:
+        return [], []
+    ports = [link for link in links if link["master"] == masters[0]]
+    return (sorted(link["name"] for link in ports if is_container_port(link)),
+            sorted(link["name"] for link in ports if not is_container_port(link)))
+
+
+def is_selected(link, links, patterns, bridge):
+    """Whether one link is selected: named or globbed in patterns, or a container port of
+    bridge (the rule select_interfaces applies, for one link: the monitor's auto-attach)."""
+    if link["name"] == "lo" or link["kind"] == "bridge":
+        return False
+    if any(p == link["name"] or (has_glob(p) and fnmatch.fnmatchcase(link["name"], p))
+           for p in patterns or []):
+        return True
+    return bool(bridge) and link["name"] in bridge_ports(links, bridge)[0]
+
+
 def select_interfaces(links, patterns, bridge):
     """Resolve names, globs and bridge membership to a sorted list of link names.
 
+    Bridge membership selects container ports only (is_container_port); other ports of the
+    bridge are left out unless named or globbed (see bridge_ports for them).
     Raises NetlinkError naming an explicit interface or bridge that does not exist.
     """
     by_name = dict((link["name"], link) for link in links)
@@ -107,8 +147,7 @@ def select_interfaces(links, patterns, bridge):
         if by_name[bridge]["kind"] != "bridge":
             raise NetlinkError("bridge: %s is a %s link, not a bridge"
                                % (bridge, by_name[bridge]["kind"] or "plain"))
-        master = by_name[bridge]["index"]
-        chosen.update(link["name"] for link in links if link["master"] == master)
+        chosen.update(bridge_ports(links, bridge)[0])
     for name in list(chosen):
         if name == "lo" or by_name[name]["kind"] == "bridge":
             chosen.discard(name)

@@ -201,6 +201,9 @@ def plan(params, sources, current, sizes):
         return actions, before, after, result
 
     selected = _netlink.select_interfaces(current["links"], params["interfaces"], params["bridge"])
+    result["skipped_interfaces"] = [
+        name for name in _netlink.bridge_ports(current["links"], params["bridge"])[1]
+        if name not in selected]
     hooks = sorted(set(params["hooks"]))
     held = current.get("held") or {}
     for name in selected:

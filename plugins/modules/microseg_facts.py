@@ -108,6 +108,13 @@ ansible_facts:
           type: list
           elements: str
           returned: when installed
+        skipped_ports:
+          description:
+            - Ports of the selected bridge that carry no filter because they are not container
+              ports (an uplink NIC, a dummy, a veth whose peer is in the host's namespace).
+          type: list
+          elements: str
+          returned: when installed
         program:
           description: Source hash, kernel headers used, BCC version, map sizes, pinned program ids and tags.
           type: dict

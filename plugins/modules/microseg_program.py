@@ -54,7 +54,12 @@ options:
     default: []
   bridge:
     description:
-      - Attach to every port of this Linux bridge (the bridge itself is never attached).
+      - Attach to every container port of this Linux bridge - a veth (or netkit) whose peer
+        lives in another network namespace. The bridge itself is never attached.
+      - Other ports (the host's uplink NIC on br0/vmbr0, a bond, a dummy, a tap, a veth whose
+        peer stays in the bridge's namespace) are skipped with a warning and listed in
+        RV(skipped_interfaces); name one in O(interfaces) to filter it anyway. The monitor's
+        auto-attach follows the same rule.
     type: str
   hooks:
     description:
@@ -265,6 +270,15 @@ cache_key:
   description: Hash of source and compile parameters stored with the pins.
   returned: when state is present
   type: str
+skipped_interfaces:
+  description:
+    - Ports of O(bridge) that are not container ports (a physical NIC, bond, dummy, tap, or a
+      veth whose peer is in the bridge's own namespace) and were not named in O(interfaces),
+      so they carry no filter. Each is also reported as a warning.
+  returned: when state is present
+  type: list
+  elements: str
+  sample: ["eno1"]
 maps_migrated:
   description: Entries copied per map whose size changed.
   returned: when a map was resized
@@ -355,6 +369,12 @@ def main():
         changed = bool(actions)
         output = dict(changed=changed, actions=actions, pin_path=params["pin_path"],
                       compiled=False)
+        if params["state"] == "present":
+            output["skipped_interfaces"] = result.get("skipped_interfaces", [])
+            for name in output["skipped_interfaces"]:
+                module.warn("%s is a port of bridge %s but not a container's (not a veth with "
+                            "its peer in another network namespace): not filtered; name it "
+                            "in interfaces to filter it anyway" % (name, params["bridge"]))
         if "cache_key" in result:
             output["cache_key"] = result["cache_key"]
         if module._diff:
