@@ -215,6 +215,8 @@ class DataPlane:
         self.programs = {}
         self.program_ids = {}
         self.config_map_id = None
+        self.map_ids = {}
+        self.replaced = []
 
     @property
     def up(self):
@@ -247,12 +249,35 @@ class DataPlane:
         self.program_ids = {}
         self.refresh_programs()
         self.config_map_id = config_id
+        self.map_ids = dict((name, self.maps.info(name)["id"]) for name in self.maps.fds)
+        self.replaced = []
         return True
 
+    def _pinned_map_ids(self):
+        ids = {}
+        for name in self.map_ids:
+            try:
+                fd = bpf.obj_get(os.path.join(self.pin_path, name))
+            except OSError:
+                continue
+            try:
+                ids[name] = bpf.map_info(fd)["id"]
+            finally:
+                bpf.close(fd)
+        return ids
+
     def current(self):
-        """Whether the pins still name the maps we hold (state=absent removes them; a
-        re-create makes new ones)."""
-        return self.up and self._pinned_config_id() == self.config_map_id
+        """Whether the pins still name every map we hold. state=absent removes them; a
+        re-create makes new ones; a resize (microseg_program) replaces one map: then
+        `replaced` names it, and the caller reopens them all."""
+        if not self.up:
+            return False
+        pinned = self._pinned_map_ids()
+        if pinned == self.map_ids:
+            return True
+        self.replaced = sorted(name for name in self.map_ids
+                               if pinned.get(name) != self.map_ids[name])
+        return False
 
     def refresh_programs(self):
         """Reopen the pinned programs when microseg_program replaced them, so that
@@ -287,6 +312,7 @@ class DataPlane:
         self.programs = {}
         self.program_ids = {}
         self.config_map_id = None
+        self.map_ids = {}
 
 
 class EventLog:
@@ -419,9 +445,14 @@ class Monitor:
         next_tick = 0.0
         while not self.stopping:
             if not self.plane.current():
-                if self.plane.up:
+                if self.plane.up and self.plane.replaced and self.plane.replaced != \
+                        sorted(self.plane.map_ids):
+                    self.say("pinned maps replaced (%s): reopening the data plane"
+                             % ", ".join(self.plane.replaced))
+                elif self.plane.up:
                     self.say("the pinned maps under %s went away; waiting for them"
                              % self.options.pin_path)
+                self.map_counts = {}     # the replaced maps' sizes, counted afresh
                 if not self.plane.open():
                     if not waiting_said:
                         self.say("waiting for pinned maps under %s" % self.options.pin_path)
