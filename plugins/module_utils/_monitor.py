@@ -217,6 +217,7 @@ class DataPlane:
         self.config_map_id = None
         self.map_ids = {}
         self.replaced = []
+        self.checked_at = 0.0
 
     @property
     def up(self):
@@ -251,6 +252,7 @@ class DataPlane:
         self.config_map_id = config_id
         self.map_ids = dict((name, self.maps.info(name)["id"]) for name in self.maps.fds)
         self.replaced = []
+        self.checked_at = time.monotonic()
         return True
 
     def _pinned_map_ids(self):
@@ -272,6 +274,11 @@ class DataPlane:
         `replaced` names it, and the caller reopens them all."""
         if not self.up:
             return False
+        # The loop wakes on every event and link change: look at the pins at most 4x a second.
+        now = time.monotonic()
+        if now - self.checked_at < 0.25:
+            return True
+        self.checked_at = now
         pinned = self._pinned_map_ids()
         if pinned == self.map_ids:
             return True

@@ -3,8 +3,9 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """`bridge:` filters container ports only, never the host's uplink (issue 22).
 
-A bridge with a container's veth (peer in the container's namespace) and an "uplink": a
-veth whose peer stays in this namespace, as a physical NIC or a veth to the host would be.
+A bridge with a container's veth (peer in the container's namespace), an "uplink": a veth
+whose peer stays in this namespace, as a veth to the host would be, and a dummy port standing
+for a physical NIC (a kind that is not a container's; a tap where the kernel has no dummy).
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -34,8 +35,8 @@ def test_selection_rule_without_root():
     assert _netlink.bridge_ports(links, "br0") == (["vethA"], ["eno1", "tap0", "vethHost"])
     assert _netlink.select_interfaces(links, [], "br0") == ["vethA"]
     assert _netlink.select_interfaces(links, ["eno1"], "br0") == ["eno1", "vethA"]
-    assert _netlink.select_interfaces(links, ["veth*"], None) == ["vethA", "vethHost",
-                                                                   "vethOther"]
+    globbed = _netlink.select_interfaces(links, ["veth*"], None)
+    assert globbed == ["vethA", "vethHost", "vethOther"]
     by_name = dict((link["name"], link) for link in links)
     assert _netlink.is_selected(by_name["vethA"], links, [], "br0")
     assert not _netlink.is_selected(by_name["eno1"], links, [], "br0")
@@ -58,11 +59,16 @@ def bridged():
     lab = Lab(subnet="198.18.112", names=("web",))
     pin = new_pin_path("uplink")
     uplink = lab.tag + "up"
-    extra = [uplink]
+    dummy = lab.tag + "dm"
+    extra = [uplink, dummy]
     try:
         sh("ip", "link", "add", uplink, "type", "veth", "peer", "name", uplink + "p")
         sh("ip", "link", "set", uplink, "master", lab.bridge, "up")
-        yield lab, pin, uplink, extra
+        if sh("ip", "link", "add", dummy, "type", "dummy", check=False).returncode:
+            # A kernel without the dummy driver (this VM's): a tap is not a container's either.
+            sh("ip", "tuntap", "add", "dev", dummy, "mode", "tap")
+        sh("ip", "link", "set", dummy, "master", lab.bridge, "up")
+        yield lab, pin, uplink, dummy, extra
     finally:
         for name in extra:
             sh("ip", "link", "del", name, check=False)
@@ -70,29 +76,39 @@ def bridged():
 
 
 def test_the_uplink_is_skipped_reported_and_attached_only_when_named(bridged):
-    lab, pin, uplink, _extra = bridged
+    lab, pin, uplink, dummy, _extra = bridged
     web = lab["web"].host_if
     res = run_playbook([{"ebpf.microseg.microseg_program": {
         "bridge": lab.bridge, "pin_path": pin, "session_map_size": 4096}}])
     assert res.rc == 0, res.stdout
     task = res.task()
-    assert task["skipped_interfaces"] == [uplink]
-    assert any(uplink in warning for warning in task.get("warnings", [])), task.get("warnings")
+    assert task["skipped_interfaces"] == sorted([uplink, dummy])
+    for name in (uplink, dummy):
+        assert any(name in warning for warning in task.get("warnings", [])), task.get("warnings")
     assert set(task["interfaces"]) == {web}
     assert filters_on(web) == {"ingress": True, "egress": True}
     assert filters_on(uplink) == {"ingress": False, "egress": False}
+    assert filters_on(dummy) == {"ingress": False, "egress": False}
     facts = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin).task()
-    assert facts["ansible_facts"]["microseg"]["skipped_ports"] == [uplink]
+    assert facts["ansible_facts"]["microseg"]["skipped_ports"] == sorted([uplink, dummy])
     assert facts["ansible_facts"]["microseg"]["drift"] == []
     named = run_playbook([{"ebpf.microseg.microseg_program": {
-        "bridge": lab.bridge, "interfaces": [uplink], "pin_path": pin,
+        "bridge": lab.bridge, "interfaces": [dummy], "pin_path": pin,
         "session_map_size": 4096}}]).task()
-    assert named["skipped_interfaces"] == [] and set(named["interfaces"]) == {web, uplink}
+    assert named["skipped_interfaces"] == [uplink] and set(named["interfaces"]) == {web, dummy}
+    assert filters_on(dummy) == {"ingress": True, "egress": True}
+    assert filters_on(uplink) == {"ingress": False, "egress": False}
+    facts = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin).task()
+    assert facts["ansible_facts"]["microseg"]["skipped_ports"] == [uplink]
+    both = run_playbook([{"ebpf.microseg.microseg_program": {
+        "bridge": lab.bridge, "interfaces": [dummy, uplink], "pin_path": pin,
+        "session_map_size": 4096}}]).task()
+    assert both["skipped_interfaces"] == [] and set(both["interfaces"]) == {web, dummy, uplink}
     assert filters_on(uplink) == {"ingress": True, "egress": True}
 
 
 def test_the_monitor_auto_attaches_new_container_ports_but_not_uplinks(bridged):
-    lab, pin, _uplink, extra = bridged
+    lab, pin, _uplink, dummy, extra = bridged
     res = run_playbook([{"ebpf.microseg.microseg_program": {
         "bridge": lab.bridge, "pin_path": pin, "session_map_size": 4096}}])
     assert res.rc == 0, res.stdout
@@ -112,5 +128,6 @@ def test_the_monitor_auto_attaches_new_container_ports_but_not_uplinks(bridged):
             time.sleep(0.05)
         time.sleep(0.5)
         assert filters_on(second_uplink) == {"ingress": False, "egress": False}
+        assert filters_on(dummy) == {"ingress": False, "egress": False}
     finally:
         monitor.terminate()
