@@ -195,3 +195,19 @@ def test_allowed_connections_keep_opening_at_critical_pressure(lab):
     assert stats["degraded_replies"] >= 5 and stats["map_full_drops"] >= 1
     assert dp.pressure().pressure_level == 2
     assert not [k for k, _v in dp.sessions() if k.protocol == 6]
+
+
+def test_denied_syns_never_trip_the_guard_for_allowed_connections(lab):
+    """More denied SYNs than the host-wide threshold: none is counted, none blocks."""
+    net, dp = lab
+    _fresh(dp, endpoint_half_open_quota=0)      # the host-wide guard alone
+    flood, client, server = net["flood"], net["client"], net["server"]
+    allow_pair(dp, client, server, 5432)
+    out = flood.run(sys.executable, PROBE, "synflood", server.address, "9000",
+                    str(HOST_SYN_THRESHOLD + 100))
+    assert out.stdout.strip() == "sent %d" % (HOST_SYN_THRESHOLD + 100)
+    assert dp.pressure().syn_sent_count == 0
+    results = [client.probe("tcp", server.address, 5432, 1.0) for _i in range(CONNECTIONS)]
+    assert results == ["ok"] * CONNECTIONS
+    stats = dp.stats()
+    assert stats["tcp_syn_floods"] == 0 and stats["denied_packets"] >= HOST_SYN_THRESHOLD + 100
