@@ -542,6 +542,36 @@ static __always_inline void init_session(struct session_value *s, struct decisio
     s->reserved2 = 0;
 }
 
+/* TCP state of a session this packet starts: SYN_SENT for a SYN, else a mid-stream pickup. */
+static __always_inline void tcp_first_state(struct session_value *s, int is_syn, __u32 seq)
+{
+    if (is_syn) {
+        s->state = TCP_SYN_SENT;
+        s->seq_init = seq;
+    } else {
+        s->state = TCP_ESTABLISHED;   /* allowed flows only: denied ones get no session */
+        s->flags |= SESSION_FLAG_PICKUP;
+    }
+}
+
+/* Session slot s becomes the new flow this packet starts (port reuse after a close, or the
+ * other side's own flow replacing a cut one); it stays its endpoint's. */
+static __always_inline void session_restart(struct session_value *s, struct decision *d,
+                                            __u32 epoch, __u8 dir, __u64 len, __u64 now,
+                                            struct map_pressure *mp, __u8 protocol,
+                                            int is_syn, __u32 seq)
+{
+    half_open_release(mp, s);
+    init_session(s, d, epoch, dir, len, now, s->ifindex);
+    if (protocol != IPPROTO_TCP)
+        return;
+    tcp_first_state(s, is_syn, seq);
+    if (is_syn) {
+        __u32 ifindex = s->ifindex;
+        half_open_inc(mp, endpoint_usage_map.lookup(&ifindex), s);
+    }
+}
+
 /* The flow a session stands for, as its initiator sent it (policy sees no ICMP ids). */
 static __always_inline void session_flow(struct session_key *sk, struct session_value *s,
                                          struct flow *f)
@@ -960,16 +990,8 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
         if (action != MS_ACTION_DENY &&
             (s->action == MS_ACTION_DENY || s->state == TCP_TIME_WAIT || s->state == TCP_CLOSE)) {
             /* What it replaces is over (cut, or closed): the slot becomes the new flow's. */
-            half_open_release(mp, s);
-            init_session(s, &d, cfg->policy_epoch, dir, len, now, s->ifindex);
-            if (f.protocol == IPPROTO_TCP) {
-                s->state = is_syn ? TCP_SYN_SENT : TCP_ESTABLISHED;
-                s->seq_init = seq;
-                if (is_syn) {
-                    __u32 sidx = s->ifindex;
-                    half_open_inc(mp, endpoint_usage_map.lookup(&sidx), s);
-                }
-            }
+            session_restart(s, &d, cfg->policy_epoch, dir, len, now, mp, f.protocol, is_syn,
+                            seq);
         }
         if (d.action == MS_ACTION_LOG)
             emit_log(&f, &d, ifindex, cfg->policy_epoch, LOG_REASON_NEW_FLOW,
@@ -997,11 +1019,8 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
             if (action == MS_ACTION_DENY && !MS_DENY_ENTRIES) {
                 session_forget(mp, &sk, s);   /* a denied first packet leaves nothing */
             } else {
-                init_session(s, &d, cfg->policy_epoch, dir, len, now, s->ifindex);
-                s->state = TCP_SYN_SENT;
-                s->seq_init = seq;
-                __u32 sidx = s->ifindex;
-                half_open_inc(mp, endpoint_usage_map.lookup(&sidx), s);
+                session_restart(s, &d, cfg->policy_epoch, dir, len, now, mp, f.protocol, 1,
+                                seq);
             }
             if (d.action == MS_ACTION_LOG)
                 emit_log(&f, &d, ifindex, cfg->policy_epoch, LOG_REASON_NEW_FLOW,
@@ -1042,15 +1061,8 @@ static __always_inline int microseg_handle(struct __sk_buff *skb, __u8 dir)
         } else if (!degraded) {
             struct session_value ns = {};
             init_session(&ns, &d, cfg->policy_epoch, dir, len, now, ifindex);
-            if (f.protocol == IPPROTO_TCP) {
-                if (is_syn) {
-                    ns.state = TCP_SYN_SENT;
-                    ns.seq_init = seq;
-                } else {
-                    ns.state = TCP_ESTABLISHED;   /* mid-stream pickup, allowed flows only */
-                    ns.flags |= SESSION_FLAG_PICKUP;
-                }
-            }
+            if (f.protocol == IPPROTO_TCP)
+                tcp_first_state(&ns, is_syn, seq);
             /* An LRU map evicts rather than failing once full; count what it must evict. */
             int evicting = mp && cfg->session_max && mp->total_sessions >= cfg->session_max;
             if (is_syn)

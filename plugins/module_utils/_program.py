@@ -92,9 +92,15 @@ def parse_endpoint(text):
 
 
 def endpoint_text(value):
-    """The endpoints option's spelling of an endpoint_map value."""
+    """The endpoints option's canonical spelling of an endpoint_map value."""
     address = _maps.u32_to_ip(value.ip)
     return "%s/%d" % (address, value.prefixlen) if value.prefixlen else address
+
+
+def endpoint_value(text):
+    """An endpoints option value as the endpoint_map entry it stands for."""
+    address, prefixlen = parse_endpoint(text)
+    return _maps.EndpointValue(ip=_maps.ip_to_u32(address), prefixlen=prefixlen)
 
 
 def desired_config_fields(params, sizes):
@@ -254,9 +260,7 @@ def plan(params, sources, current, sizes):
     for interface, address in sorted((params.get("endpoints") or {}).items()):
         if interface not in by_name:
             raise ProgramError("endpoints: interface %s does not exist" % interface)
-        host, prefixlen = parse_endpoint(address)
-        host = socket.inet_ntoa(socket.inet_aton(host))
-        want_endpoints[by_name[interface]] = "%s/%d" % (host, prefixlen) if prefixlen else host
+        want_endpoints[by_name[interface]] = endpoint_text(endpoint_value(address))
     if want_endpoints != current["endpoints"]:
         actions.append({"action": "write_endpoints"})
     result["want_endpoints"] = want_endpoints
@@ -476,9 +480,7 @@ def _write_endpoints(pin_path, wanted):
             if key.value not in wanted and not value.flags & _maps.ENDPOINT_FLAG_LEARNED:
                 pinned.delete("endpoint_map", key)
         for index, text in wanted.items():
-            address, prefixlen = parse_endpoint(text)
-            pinned.update("endpoint_map", _maps.U32(index),
-                          _maps.EndpointValue(ip=_maps.ip_to_u32(address), prefixlen=prefixlen))
+            pinned.update("endpoint_map", _maps.U32(index), endpoint_value(text))
 
 
 def _write_config(pin_path, params, sizes):

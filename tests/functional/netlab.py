@@ -42,6 +42,12 @@ def stop_processes(processes):
             proc.stdout.close()
 
 
+def ifindex(name):
+    """The ifindex of a link of this network namespace."""
+    with open("/sys/class/net/%s/ifindex" % name) as handle:
+        return int(handle.read())
+
+
 def _no_ipv6(ifname):
     sh("sysctl", "-qw", "net.ipv6.conf.%s.disable_ipv6=1" % ifname, check=False)
 

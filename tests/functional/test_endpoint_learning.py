@@ -14,15 +14,10 @@ import pytest
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc, run_playbook
 from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
+from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab, ifindex
 from ansible_collections.ebpf.microseg.tests.functional.test_monitor import MonitorProcess
 
 SUBNET = "198.18.110"
-
-
-def ifindex(name):
-    with open("/sys/class/net/%s/ifindex" % name) as handle:
-        return int(handle.read())
 
 
 def endpoints(pin):

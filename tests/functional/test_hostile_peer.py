@@ -19,7 +19,7 @@ import pytest
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.netlab import sh
+from ansible_collections.ebpf.microseg.tests.functional.netlab import ifindex, sh
 
 W, D, ROUTER, OTHER = "198.18.1.10", "198.18.2.10", "198.18.9.1", "198.18.1.11"
 TCP, UDP, ICMP = 6, 17, 1
@@ -321,11 +321,7 @@ def endpoints():
     names = [tag + "a", tag + "b"]
     try:
         sh("ip", "link", "add", names[0], "type", "veth", "peer", "name", names[1])
-        indexes = []
-        for name in names:
-            with open("/sys/class/net/%s/ifindex" % name) as handle:
-                indexes.append(int(handle.read()))
-        yield indexes
+        yield [ifindex(name) for name in names]
     finally:
         sh("ip", "link", "del", names[0], check=False)
 

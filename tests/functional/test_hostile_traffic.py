@@ -17,7 +17,8 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
-from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab, sh, stop_processes
+from ansible_collections.ebpf.microseg.tests.functional.netlab import (
+    PROBE, Lab, ifindex, sh, stop_processes)
 from ansible_collections.ebpf.microseg.tests.functional.test_traffic import allow_pair
 
 SUBNET = "198.18.106"
@@ -153,10 +154,7 @@ def test_flood_over_its_quota_degrades_only_the_flooding_container(lab):
     finally:
         holder.stdin.close()
         stop_processes([holder])
-    flood_if = net["flood"].host_if
-    with open("/sys/class/net/%s/ifindex" % flood_if) as handle:
-        flood_index = int(handle.read())
-    usage = dp.maps.lookup("endpoint_usage_map", _maps.U32(flood_index))
+    usage = dp.maps.lookup("endpoint_usage_map", _maps.U32(ifindex(net["flood"].host_if)))
     assert usage.half_open == QUOTA
     assert usage.syn_quota_drops == FLOOD - QUOTA
     assert dp.stats()["endpoint_syn_drops"] == FLOOD - QUOTA

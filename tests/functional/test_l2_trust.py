@@ -23,7 +23,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
+from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab, ifindex
 
 SUBNET = "198.18.108"
 GHOST = SUBNET + ".99"
@@ -60,11 +60,6 @@ BROADCAST_SEND = textwrap.dedent("""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.sendto(b"hello", (sys.argv[1], int(sys.argv[2])))
 """)
-
-
-def ifindex(name):
-    with open("/sys/class/net/%s/ifindex" % name) as handle:
-        return int(handle.read())
 
 
 def mac_in(ctr):

@@ -25,7 +25,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import (
     collections_path, run_playbook)
 from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath, new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab
+from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab, ifindex
 
 MONITOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "files",
                        "microseg-monitor")
@@ -326,11 +326,6 @@ def test_new_veth_is_filtered_within_a_second(monitored):
     monitor.wait_for("attached to %s" % late.host_if)
 
 
-def _netlink_index(name):
-    with open("/sys/class/net/%s/ifindex" % name) as handle:
-        return int(handle.read())
-
-
 def test_metrics_endpoint_parses_and_matches_the_maps(monitored):
     lab, pin, monitor = monitored
     assert lab["web"].probe("tcp", lab["db"].address, 80) == "ok"
@@ -354,10 +349,10 @@ def test_metrics_endpoint_parses_and_matches_the_maps(monitored):
     with _maps.PinnedMaps(pin, names=["session_map"]) as pinned:
         for _key, value in pinned.items("session_map"):
             by_endpoint[value.ifindex] += 1
-    ifindex = dict((c.host_if, _netlink_index(c.host_if)) for c in (lab["web"], lab["db"]))
+    indexes = dict((c.host_if, ifindex(c.host_if)) for c in (lab["web"], lab["db"]))
     per_if = dict((s.labels["interface"], s.value)
                   for s in families["microseg_endpoint_sessions"].samples)
-    for name, index in ifindex.items():
+    for name, index in indexes.items():
         assert abs(per_if[name] - by_endpoint[index]) <= 2, (name, per_if, by_endpoint)
     quotas = dict((s.labels["interface"], s.value)
                   for s in families["microseg_endpoint_half_open_quota"].samples)
