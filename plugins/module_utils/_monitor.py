@@ -386,7 +386,7 @@ class Monitor:
         self.plane = DataPlane(options.pin_path)
         self.timeouts = _sessions.timeouts_ns(options.timeouts)
         self.endpoint_usage = {}
-        self.learned = {}
+        self.learned = None      # unknown until the first tick: a previous run's may linger
         self.namespaces = None
         self.stopping = False
         self.metrics = None
@@ -587,7 +587,7 @@ class Monitor:
         """Keep endpoint_map's learned entries equal to what the containers' namespaces
         say now (microseg_program learn_endpoints); forget them when learning is off."""
         learning = bool(config and config.flags & _maps.CONFIG_FLAG_LEARN_ENDPOINTS)
-        if self.ipr is None or not (learning or self.learned):
+        if self.ipr is None or not (learning or self.learned is None or self.learned):
             return
         if self.namespaces is None:
             self.namespaces = _endpoints.NamespaceFinder(self.ipr)

@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc, run_playbook
-from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath, new_pin_path
 from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab, ifindex
 from ansible_collections.ebpf.microseg.tests.functional.test_monitor import MonitorProcess
 
@@ -113,3 +113,25 @@ def test_a_container_changing_its_address_is_followed_within_a_second(learning):
         web.run("ip", "addr", "add", web.address + "/24", "dev", "eth0")
     wait_for(lambda: _maps.u32_to_ip(endpoints(pin)[web_index].ip) == web.address, 3.0,
              "the monitor did not follow web back")
+
+
+def test_learned_entries_of_an_earlier_run_go_when_learning_is_off():
+    """A monitor started with learning off removes learned entries a previous one left,
+    and keeps given ones."""
+    dp = Datapath()
+    monitor = None
+    try:
+        learned = _maps.EndpointValue(ip=_maps.ip_to_u32("198.18.110.5"),
+                                      flags=_maps.ENDPOINT_FLAG_LEARNED)
+        given = _maps.EndpointValue(ip=_maps.ip_to_u32("198.18.110.6"))
+        dp.maps.update("endpoint_map", _maps.U32(1001), learned)
+        dp.maps.update("endpoint_map", _maps.U32(1002), given)
+        monitor = MonitorProcess(dp.pin_path)
+        monitor.wait_for("opened the data plane")
+        wait_for(lambda: 1001 not in endpoints(dp.pin_path), 3.0,
+                 "a stale learned entry survived")
+        assert _maps.u32_to_ip(endpoints(dp.pin_path)[1002].ip) == "198.18.110.6"
+    finally:
+        if monitor:
+            monitor.terminate()
+        dp.close()
