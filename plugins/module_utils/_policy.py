@@ -22,66 +22,154 @@ EMPTY = {"rules": [], "segments": {}, "default_action": {"egress": "allow", "ing
 
 
 class PolicyInputError(Exception):
-    """Bad input or a host that cannot take the policy; nothing was written."""
+    """Bad input or a host that cannot take the policy; nothing was written.
+
+    errors: one line per problem (at most _policy_model.MAX_SHOWN, then "and N more"),
+    or None for a problem that is not about the policy's content.
+    """
+
+    def __init__(self, message, errors=None):
+        super(PolicyInputError, self).__init__(message)
+        self.errors = errors
 
 
-def _rule_name(rule, index):
-    name = rule.get("name") if isinstance(rule, dict) else None
-    return name if name else "#%d" % (index + 1)
+def refused(error):
+    """PolicyInputError from a PolicyError holding every problem of the run."""
+    lines = error.lines()
+    if len(error.errors) == 1:
+        return PolicyInputError("%s (nothing was changed)" % lines[0], lines)
+    return PolicyInputError("%d errors in the policy, nothing was changed: %s"
+                            % (len(error.errors), "; ".join(lines)), lines)
+
+
+def source_positions(rule_sources, count):
+    """position_of(index) for messages: ``rules[7]``, or with rule_sources (how the list was
+    put together, [{name, count}]) ``microseg_host_rules[0]``."""
+    if not rule_sources:
+        return _rules_position
+    starts = []
+    total = 0
+    for number, source in enumerate(rule_sources):
+        name = source.get("name") if isinstance(source, dict) else None
+        size = source.get("count") if isinstance(source, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            raise PolicyInputError("rule_sources[%d]: name must be a non-empty string, not %s"
+                                   % (number, _policy_model.short_repr(name)))
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise PolicyInputError("rule_sources[%d] (%s): count must be a whole number 0 or "
+                                   "more, not %s" % (number, name,
+                                                     _policy_model.short_repr(size)))
+        starts.append((total, name.strip()))
+        total += size
+    if total != count:
+        raise PolicyInputError("rule_sources: the counts add up to %d but rules has %d; they "
+                               "must describe how rules was put together (%s)"
+                               % (total, count, " + ".join(
+                                   "%s (%d)" % (n, s.get("count")) for (_t, n), s
+                                   in zip(starts, rule_sources))))
+
+    def position_of(index):
+        if index is None:
+            return None
+        for start, name in reversed(starts):
+            if index >= start:
+                return "%s[%d]" % (name, index - start)
+        return _rules_position(index)
+    return position_of
+
+
+def _rules_position(index):
+    return None if index is None else "rules[%d]" % index
+
+
+def _strip_none(rule):
+    return dict((k, v) for k, v in rule.items() if v is not None) if isinstance(rule, dict) \
+        else rule
 
 
 def desired_document(state, current, params):
-    """The full policy document the host should hold after this run."""
+    """(document, position_of, problems) for this run.
+
+    document: the full policy document the host should hold after this run.
+    position_of(i): how messages name rule i of the document - where it is in the input
+    (``rules[3]``, or after rule_sources ``microseg_host_rules[0]``), or that the host holds
+    it. problems: PolicyErrors found in the input before the document could hold it (rules
+    without a usable name, the same name twice); normalize() finds the others.
+    """
     rules = params["rules"] or []
-    for index, rule in enumerate(rules):
-        if not isinstance(rule, dict) or not rule.get("name"):
-            raise PolicyInputError("rules[%d]: name is required" % index)
+    where = source_positions(params.get("rule_sources"), len(rules))
     # Rules are only replaced or updated at the top level: the held dicts are not changed
     # in place (merged copies before updating), so no copies are needed here.
     order = [r["name"] for r in current["rules"]]
     held = dict((r["name"], r) for r in current["rules"])
     segments = dict(current["segments"])
     default_action = dict(current["default_action"])
+    problems = []
 
-    if state in ("merged", "replaced"):
-        for rule in rules:
-            name = rule["name"]
-            if state == "merged" and name in held:
-                merged = dict(held[name])
-                merged.update(dict((k, v) for k, v in rule.items() if v is not None))
-                held[name] = merged
-            else:
-                if name not in held:
-                    order.append(name)
-                held[name] = dict((k, v) for k, v in rule.items() if v is not None)
-        segments.update(params["segments"] or {})
-    elif state == "overridden":
-        held = dict((r["name"], dict((k, v) for k, v in r.items() if v is not None))
-                    for r in rules)
-        order = [r["name"] for r in rules]
+    if state == "overridden":
+        # Kept as given, nameless and repeated rules too: normalize() names every problem.
+        document_rules = [_strip_none(r) for r in rules]
+        position_of = where
         if params["segments"] is not None:
             segments = dict(params["segments"])
-    elif state == "deleted":
-        names = set(r["name"] for r in rules)
-        if names:
+    else:
+        given = {}
+        for index, rule in enumerate(rules):
+            name = _policy_model.usable_name(rule)
+            if name is None:
+                problem = _policy_model.name_problem(rule, where(index))
+            elif name in given and state != "deleted":
+                problem = _policy_model.PolicyError(
+                    name, "name", "the same name as %s (names must be unique)"
+                    % where(given[name]), position=where(index))
+            else:
+                given[name] = index
+                continue
+            problems.append(problem)
+        held_count = len(order)     # order: the held rules first, then the new ones
+        if state in ("merged", "replaced"):
+            for name, index in given.items():
+                rule = _strip_none(rules[index])
+                rule["name"] = name
+                if state == "merged" and name in held:
+                    merged = dict(held[name])
+                    merged.update(rule)
+                    held[name] = merged
+                else:
+                    if name not in held:
+                        order.append(name)
+                    held[name] = rule
+            segments.update(params["segments"] or {})
+        elif state == "deleted":
             # Deleting a rule the host does not hold is not an error: it is already gone.
-            order = [n for n in order if n not in names]
-        else:
-            order = []
+            order = [n for n in order if n not in given] if rules else []
+        document_rules = [held[name] for name in order]
+
+        def position_of(index):
+            origin = given.get(order[index])
+            if origin is None:
+                return "held on the host"
+            if state == "merged" and index < held_count:
+                return "%s, merged into the rule the host holds" % where(origin)
+            return where(origin)
     if params.get("default_action"):
         for direction in ("egress", "ingress"):
             if params["default_action"].get(direction):
                 default_action[direction] = params["default_action"][direction]
-    return {"rules": [held[name] for name in order], "segments": segments,
-            "default_action": default_action}
+    document = {"rules": document_rules, "segments": segments,
+                "default_action": default_action}
+    return document, position_of, problems
 
 
-def normalize(document):
+def normalize(document, position_of=None, problems=()):
+    """(Policy, canonical document); PolicyInputError with problems and every other one."""
     try:
         policy = _policy_model.normalize(document["rules"], document["segments"],
-                                         document["default_action"])
+                                         document["default_action"], position_of)
     except _policy_model.PolicyError as exc:
-        raise PolicyInputError(str(exc))
+        raise refused(_policy_model.PolicyError.combine(list(problems) + exc.errors))
+    if problems:
+        raise refused(_policy_model.PolicyError.combine(list(problems)))
     canonical = {"rules": policy.to_rules(), "segments": _canonical_segments(document),
                  "default_action": dict(document["default_action"])}
     return policy, canonical
@@ -128,8 +216,9 @@ def _run(params, check_mode, want_diff):
     pin_path = params["pin_path"]
 
     if state == "rendered":
-        document = desired_document("overridden", copy.deepcopy(EMPTY), params)
-        policy, canonical = normalize(document)
+        document, position_of, problems = desired_document("overridden", copy.deepcopy(EMPTY),
+                                                           params)
+        policy, canonical = normalize(document, position_of, problems)
         compiled = _compiler.compile_policy(policy, 0)
         return {"changed": False, "after": canonical, "rendered": _entries_view(compiled),
                 "entry_changes": dict((name, {"added": len(compiled.packed[name]),
@@ -156,7 +245,9 @@ def _run(params, check_mode, want_diff):
                 return {"changed": False, "before": before, "after": before,
                         "gathered": before, "generation": current["generation"]}
 
-            document = desired_document(state, held, params)
+            document, position_of, problems = desired_document(state, held, params)
+            if problems:
+                normalize(document, position_of, problems)      # raises, with every problem
             digest = input_digest(document)
             active = current["active_set"]
             new_set = active ^ 1
@@ -173,7 +264,7 @@ def _run(params, check_mode, want_diff):
                 # The very input that produced the active set, which still holds what was
                 # written for it: no normalize, no compile, no write.
                 return unchanged
-            policy, after = normalize(document)
+            policy, after = normalize(document, position_of)
             if intact and _normalized_equal(before, after) and \
                     before["default_action"] == after["default_action"]:
                 unchanged["after"] = after
@@ -224,7 +315,8 @@ def _predict_on_empty(params, state, want_diff):
     converge against the empty data plane that microseg_program is about to create."""
     held = copy.deepcopy(EMPTY)
     before = copy.deepcopy(EMPTY)
-    policy, after = normalize(desired_document(state, held, params))
+    document, position_of, problems = desired_document(state, held, params)
+    policy, after = normalize(document, position_of, problems)
     compiled = _compiler.compile_policy(policy, 1)
     result = {"changed": True, "before": before, "after": after, "generation": 1,
               "stale_entries_removed": 0,

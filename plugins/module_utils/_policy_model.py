@@ -4,7 +4,10 @@
 """The policy users write: validation, and the canonical form the compiler and model share.
 
 ``normalize(rules, segments, default_action)`` checks everything before anything on a host
-is touched and raises ``PolicyError`` naming the rule and the field at the first problem.
+is touched and raises ``PolicyError`` listing every problem found (``errors``), each naming
+the rule (by name and 0-based position), the field, the item and the bad value::
+
+    rule 'web-to-db' (rules[3]): dst_ports[0] '5432/tcp': not a port or a low-high range ...
 
 Canonical rule (``Rule``):
 
@@ -25,10 +28,16 @@ Specificity is judged on this canonical form: ``[10.0.0.10/32, 10.0.0.11/32]`` i
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
+import difflib
 import re
 import socket
 import struct
 import zlib
+
+try:
+    from reprlib import Repr
+except ImportError:  # pragma: no cover - Python 2
+    from repr import Repr
 
 try:
     import netaddr
@@ -57,18 +66,117 @@ _CLEAN_PREFIX_LENGTHS = dict((str(n), n) for n in range(33))
 _PORT = re.compile(r"^\s*(\d{1,10})\s*(?:-\s*(\d{1,10})\s*)?$")
 
 
-class PolicyError(Exception):
-    """Bad policy input. ``str()`` reads ``rule 'web-to-db': dst_ports: port 70000 ...``."""
+# How many problems a message lists before "and N more".
+MAX_SHOWN = 20
 
-    def __init__(self, rule, field, message):
+_SHORT = Repr()
+_SHORT.maxstring = 48
+_SHORT.maxother = 48
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+_NO_VALUE = object()
+_KINDS = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"),
+          (dict, "a mapping"), (list, "a list"), (tuple, "a list"))
+
+
+def short_repr(value):
+    """repr() cut short: a bad value is shown, not dumped."""
+    try:
+        text = _SHORT.repr(value)
+    # Any object may come in, and its repr may raise anything.
+    except Exception:  # pylint: disable=broad-except
+        text = "<%s>" % type(value).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def kind(value):
+    """'a list', 'a mapping', ... for messages about a value of the wrong type."""
+    if value is None:
+        return "null"
+    for cls, name in _KINDS:
+        if isinstance(value, cls):
+            return name
+    return "a %s" % type(value).__name__
+
+
+def rule_label(name, position):
+    """rule 'web-to-db' (rules[3]), rule 'web-to-db' or rule rules[3]; None for neither."""
+    if name is not None:
+        name = str(name)
+        shown = repr(name) if len(name) <= 100 else repr(name[:97] + "...")
+        return "rule %s (%s)" % (shown, position) if position is not None else "rule " + shown
+    if position is not None:
+        return "rule %s" % position
+    return None
+
+
+class PolicyError(Exception):
+    """Bad policy input.
+
+    One problem: ``rule`` (the rule's name, None when it has no usable one or the problem is
+    not in a rule), ``position`` (``rules[3]``, or where the caller says the rule came from),
+    ``field`` (``dst_ports``, ``segments.web``), ``item`` (index in the field's list or
+    None), ``value`` (the bad value, when there is one to show) and ``message``. ``str()``
+    reads ``rule 'web-to-db' (rules[3]): dst_ports[0] 70000: port 70000 is out of range
+    0-65535``.
+
+    Every problem of a run: ``errors`` (the problems, in input order; a single problem is
+    its own list). ``rule``, ``field`` and ``message`` are those of the first.
+    """
+
+    def __init__(self, rule, field, message, item=None, value=_NO_VALUE, position=None,
+                 errors=None):
         self.rule = rule
         self.field = field
         self.message = message
-        if rule is None:
-            text = "%s: %s" % (field, message)
-        else:
-            text = "rule %r: %s: %s" % (str(rule), field, message)
-        super(PolicyError, self).__init__(text)
+        self.item = item
+        self.value = value
+        self.position = position
+        self.index = None       # the rule's index in the list normalize() was given
+        self.errors = [self] if errors is None else errors
+        super(PolicyError, self).__init__(message)
+
+    @classmethod
+    def combine(cls, errors):
+        """One PolicyError holding every problem (the first's fields on top)."""
+        if len(errors) == 1:
+            return errors[0]
+        first = errors[0]
+        combined = cls(first.rule, first.field, first.message, first.item, first.value,
+                       first.position, errors=list(errors))
+        combined.index = first.index
+        return combined
+
+    def describe(self):
+        """This one problem as a line (for a combined error: the first)."""
+        if self.field == "rule":        # the rule itself is not a mapping
+            subject = "%s %s" % (self.position or "rule", short_repr(self.value))
+            return "%s: %s" % (subject, self.message)
+        subject = str(self.field)
+        if self.item is not None:
+            subject += "[%s]" % self.item
+        if self.value is not _NO_VALUE:
+            subject += " " + short_repr(self.value)
+        where = rule_label(self.rule, self.position)
+        if where is None:
+            return "%s: %s" % (subject, self.message)
+        return "%s: %s: %s" % (where, subject, self.message)
+
+    def lines(self, limit=MAX_SHOWN):
+        """One line per problem, at most limit of them, then 'and N more'."""
+        out = [error.describe() for error in self.errors[:limit]]
+        if len(self.errors) > limit:
+            out.append("and %d more" % (len(self.errors) - limit))
+        return out
+
+    def __str__(self):
+        if len(self.errors) == 1:
+            return self.describe()
+        return "%d errors: %s" % (len(self.errors), "; ".join(self.lines()))
+
+
+class _BrokenSegment(Exception):
+    """A rule names a segment that is itself refused (its own error says why)."""
 
 
 def _require_netaddr():
@@ -111,35 +219,33 @@ def _clean_cidr(text):
 def parse_cidr(text):
     """(network_int, prefixlen) for a strict dotted quad with an optional /len.
 
-    Raises ValueError with a message for the user. Abbreviated forms that inet_aton would
-    take ("10.1", "10") and leading zeros (octal to some tools) are refused: a firewall
-    rule should mean one thing.
+    Raises ValueError with a message for the user that does not repeat the text (the
+    caller shows it). Abbreviated forms that inet_aton would take ("10.1", "10") and leading
+    zeros (octal to some tools) are refused: a firewall rule should mean one thing.
     """
     text = str(text).strip()
     clean = _clean_cidr(text)
     if clean is not None:
         return clean
     if ":" in text:
-        raise ValueError("%s is an IPv6 address; IPv6 rules are not supported yet "
-                         "(IPv4 only)" % text)
+        raise ValueError("an IPv6 address, and IPv6 rules are not supported yet (IPv4 only)")
     match = _DOTTED.match(text)
     if not match:
-        raise ValueError("%r is not an IPv4 address or CIDR (a.b.c.d or a.b.c.d/len)" % text)
+        raise ValueError("not an IPv4 address or CIDR (a.b.c.d or a.b.c.d/len)")
     groups = match.groups()
     octets = [int(octet) for octet in groups[:4]]
     if max(octets) > 255:
-        raise ValueError("%r is not an IPv4 address: an octet is over 255" % text)
+        raise ValueError("not an IPv4 address, an octet is over 255")
     for octet in groups[:4]:
         if len(octet) > 1 and octet[0] == "0":
-            raise ValueError("%r has a leading zero in an octet (ambiguous)" % text)
+            raise ValueError("a leading zero in an octet is ambiguous (octal to some tools)")
     plen = 32 if groups[4] is None else int(groups[4])
     if plen > 32:
-        raise ValueError("%r: prefix length %d is over 32" % (text, plen))
+        raise ValueError("prefix length %d is over 32" % plen)
     value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
     network = value & _mask(plen)
     if network != value:
-        raise ValueError("%s has host bits set; did you mean %s/%d?"
-                         % (text, int_to_ip(network), plen))
+        raise ValueError("host bits are set (did you mean %s/%d?)" % (int_to_ip(network), plen))
     return network, plen
 
 
@@ -165,47 +271,108 @@ def _merge(prefixes):
     return unique
 
 
-def parse_segments(segments):
-    """{name: merged (int, plen) list}; errors name the segment."""
+def _known(names, limit=12):
+    names = sorted(str(n) for n in names)
+    if len(names) > limit:
+        return ", ".join(names[:limit]) + ", ... (%d in all)" % len(names)
+    return ", ".join(names) or "none"
+
+
+# What people write for a rule field elsewhere (iptables, nftables, cloud security groups).
+_FIELD_ALIASES = {"dport": "dst_ports", "dports": "dst_ports", "port": "dst_ports",
+                  "ports": "dst_ports", "sport": "src_ports", "sports": "src_ports",
+                  "proto": "protocol", "source": "src", "destination": "dst",
+                  "dest": "dst", "from": "src", "to": "dst", "verdict": "action",
+                  "target": "action"}
+
+
+def _close_match(word, choices):
+    """', did you mean X?' for a likely typo, else ''."""
+    word = str(word).strip()
+    choices = [str(c) for c in choices]
+    alias = _FIELD_ALIASES.get(word.lower())
+    if alias in choices:
+        return ", did you mean %s?" % alias
+    found = difflib.get_close_matches(word.lower(), choices, 1, 0.75)
+    return ", did you mean %s?" % found[0] if found else ""
+
+
+def parse_segments(segments, errors=None):
+    """{name: merged (int, plen) list}; errors name the segment, the item and its value.
+
+    errors: a list to add every problem to (the broken segments then map to None, so rules
+    naming them are skipped rather than reported again); without it the problems are
+    raised together.
+    """
     if segments is None:
         return {}
+    problems = [] if errors is None else errors
     if not isinstance(segments, dict):
-        raise PolicyError(None, "segments", "must be a mapping of name to a list of CIDRs")
+        problems.append(PolicyError(None, "segments", "must be a mapping of name to a list of "
+                                    "CIDRs, got %s" % kind(segments), value=segments))
+        if errors is None:
+            raise PolicyError.combine(problems)
+        return {}
     out = {}
     for name in sorted(segments, key=str):
-        where = "segments.%s" % name
+        where = "segments.%s" % (name,)
+        found = len(problems)
         if not isinstance(name, str) or not name.strip():
-            raise PolicyError(None, where, "a segment name must be a non-empty string")
-        if name in ANY_WORDS or looks_like_address(name):
-            raise PolicyError(None, where, "a segment name must not look like an address "
-                              "or be 'any'")
+            problems.append(PolicyError(None, where, "a segment name must be a non-empty "
+                                        "string"))
+        elif name in ANY_WORDS or looks_like_address(name):
+            problems.append(PolicyError(None, where, "a segment name must not look like an "
+                                        "address or be 'any'"))
         cidrs = segments[name]
         if isinstance(cidrs, str):
             cidrs = [cidrs]
         if not isinstance(cidrs, (list, tuple)) or not cidrs:
-            raise PolicyError(None, where, "must be a non-empty list of CIDRs")
+            problems.append(PolicyError(None, where, "must be a non-empty list of CIDRs",
+                                        value=segments[name]))
+            cidrs = ()
+        listed = isinstance(segments[name], (list, tuple))
         prefixes = []
-        for item in cidrs:
+        for position, item in enumerate(cidrs):
+            at = position if listed else None
+            if not isinstance(item, str):
+                problems.append(PolicyError(None, where, "not a CIDR (got %s)" % kind(item),
+                                            item=at, value=item))
+                continue
             try:
                 prefixes.append(parse_cidr(item))
             except ValueError as exc:
-                raise PolicyError(None, where, str(exc))
+                problems.append(PolicyError(None, where, str(exc), item=at, value=item))
+        if len(problems) > found:
+            if isinstance(name, str):
+                out[name] = None
+            continue
         merged = _merge(prefixes)
         out[name] = [(0, 0)] if merged is None else merged
+    if problems and errors is None:
+        raise PolicyError.combine(problems)
     return out
 
 
 def _address_items(value, rule, field):
     if isinstance(value, (list, tuple)):
-        items = list(value)
+        if not value:
+            raise PolicyError(rule, field, "must not be empty (omit it for any address)",
+                              value=value)
+        items = list(enumerate(value))
+    elif isinstance(value, str):
+        items = [(None, value)]
     else:
-        items = [value]
-    if not items:
-        raise PolicyError(rule, field, "must not be empty (omit it for any address)")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, str):
-            raise PolicyError(rule, field, "%r is not a CIDR or a segment name" % (item,))
-    return [item.strip() for item in items]
+        raise PolicyError(rule, field, "must be a CIDR, a segment name or a list of them "
+                          "(got %s)" % kind(value), value=value)
+    problems = []
+    out = []
+    for position, item in items:
+        if not isinstance(item, str):
+            problems.append(PolicyError(rule, field, "not a CIDR or a segment name (got %s)"
+                                        % kind(item), item=position, value=item))
+        else:
+            out.append((position, item.strip()))
+    return out, problems
 
 
 def _addresses(value, segments, rule, field, memo=None):
@@ -213,6 +380,7 @@ def _addresses(value, segments, rule, field, memo=None):
 
     memo: a dict kept for one normalize() (same segments), so an address list written
     many times (a server every exact rule names) is parsed once. Only successes go in it.
+    Raises PolicyError (every bad item of the field) or _BrokenSegment.
     """
     if value is None:
         return None, None
@@ -222,7 +390,7 @@ def _addresses(value, segments, rule, field, memo=None):
         if clean is not None and clean[1]:
             # Clean means the text is already canonical (no leading zeros anywhere).
             return [value if "/" in value else value + "/32"], [clean]
-    if memo is not None:
+    if memo is not None and isinstance(value, (str, list, tuple)):
         memo_key = value if isinstance(value, str) else tuple(value)
         try:
             known = memo.get(memo_key)
@@ -231,13 +399,17 @@ def _addresses(value, segments, rule, field, memo=None):
         if known is None:
             known = memo[memo_key] = _addresses(value, segments, rule, field)
         return known
-    items = _address_items(value, rule, field)
+    items, problems = _address_items(value, rule, field)
     prefixes = []
     names = set()
     cidrs = set()
     anything = False
-    for item in items:
+    broken = None
+    for position, item in items:
         if item in segments:
+            if segments[item] is None:
+                broken = item
+                continue
             names.add(item)
             prefixes.extend(segments[item])
         elif item in ANY_WORDS:
@@ -246,12 +418,20 @@ def _addresses(value, segments, rule, field, memo=None):
             try:
                 prefix = parse_cidr(item)
             except ValueError as exc:
-                raise PolicyError(rule, field, str(exc))
+                problems.append(PolicyError(rule, field, str(exc), item=position, value=item))
+                continue
             cidrs.add(prefix)
             prefixes.append(prefix)
         else:
-            raise PolicyError(rule, field, "unknown segment %r (known: %s)"
-                              % (item, ", ".join(sorted(segments)) or "none"))
+            problems.append(PolicyError(
+                rule, field, "unknown segment%s (known: %s)"
+                % (_close_match(item, [n for n in segments if segments[n] is not None]),
+                   _known(segments)), item=position, value=item))
+    if problems:
+        problems.sort(key=lambda problem: problem.item or 0)
+        raise PolicyError.combine(problems)
+    if broken is not None:
+        raise _BrokenSegment(broken)
     merged = None if anything else _merge(prefixes)
     if merged is None:
         return None, None
@@ -261,20 +441,27 @@ def _addresses(value, segments, rule, field, memo=None):
 
 # -- protocol and ports --------------------------------------------------------------------
 
+_PROTOCOL_NUMBER = re.compile(r"^[0-9]{1,3}$")
+
+
 def _protocol(value, rule):
     if value is None:
         return None
     if value.__class__ is str and value in PROTOCOLS:
         return PROTOCOLS[value]
-    if isinstance(value, bool):
-        raise PolicyError(rule, "protocol", "%r is not tcp, udp, icmp, any or 0-255" % (value,))
-    text = str(value).strip().lower()
+    text = None
+    if isinstance(value, str):
+        text = value.strip().lower()
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
     if text in PROTOCOLS:
         return PROTOCOLS[text]
-    if text.isdigit() and int(text) <= 255:
+    if text is not None and _PROTOCOL_NUMBER.match(text) and int(text) <= 255:
         return int(text)
-    raise PolicyError(rule, "protocol", "%r is not tcp, udp, icmp, any or a number 0-255"
-                      % (value,))
+    extra = "" if isinstance(value, (str, int)) and not isinstance(value, bool) \
+        else " (got %s)" % kind(value)
+    raise PolicyError(rule, "protocol", "must be tcp, udp, icmp, any or an IANA number 0-255%s"
+                      % extra, value=value)
 
 
 def protocol_label(protocol):
@@ -298,38 +485,77 @@ def merge_ports(ranges):
     return sorted(singles | set(merged))
 
 
+# "5432/tcp", "53/udp", "8000-8080/tcp": a port with its protocol, as services(5) writes it.
+_PORT_WITH_PROTOCOL = re.compile(r"^\s*(\d{1,5}(?:\s*-\s*\d{1,5})?)\s*/\s*(tcp|udp)\s*$",
+                                 re.IGNORECASE)
+_BAD_PROTOCOL = object()    # the rule's protocol is refused (its own error says why)
+
+
+def _port_item(item, rule, field, position):
+    """(low, high) for one port or range; PolicyError naming the item."""
+    if isinstance(item, bool) or not isinstance(item, (int, str)):
+        raise PolicyError(rule, field, "not a port or a low-high range (got %s)" % kind(item),
+                          item=position, value=item)
+    if isinstance(item, int):
+        low = high = item
+    else:
+        match = _PORT.match(item)
+        if not match:
+            hint = ""
+            written = _PORT_WITH_PROTOCOL.match(item)
+            if written:
+                hint = (" (the protocol goes in its own field - protocol %s, %s [%s])"
+                        % (written.group(2).lower(), field,
+                           re.sub(r"\s+", "", written.group(1))))
+            raise PolicyError(rule, field, "not a port or a low-high range%s" % hint,
+                              item=position, value=item)
+        low = int(match.group(1))
+        high = low if match.group(2) is None else int(match.group(2))
+    for port in (low, high):
+        if not 0 <= port <= 65535:
+            raise PolicyError(rule, field, "port %d is out of range 0-65535" % port,
+                              item=position, value=item)
+    if low > high:
+        raise PolicyError(rule, field, "range %d-%d is backwards (low > high)" % (low, high),
+                          item=position, value=item)
+    return low, high
+
+
 def _ports(value, protocol, rule, field):
+    """None (any) or the merged (low, high) list; PolicyError with every bad item."""
     if value is None:
         return None
-    if protocol not in PORT_PROTOCOLS:
-        raise PolicyError(rule, field, "ports need protocol tcp or udp, not %s"
-                          % protocol_label(protocol))
-    if value.__class__ is list and len(value) == 1:
+    if protocol in PORT_PROTOCOLS and value.__class__ is list and len(value) == 1:
         # One port as a number (bool is not int here): nothing to parse or merge.
         port = value[0]
         if port.__class__ is int and 0 <= port <= 65535:
             return [(port, port)]
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not items:
-        raise PolicyError(rule, field, "must not be empty (omit it for any port)")
+    problems = []
+    if protocol is not _BAD_PROTOCOL and protocol not in PORT_PROTOCOLS:
+        problems.append(PolicyError(rule, field, "ports need protocol tcp or udp, not %s"
+                                    % protocol_label(protocol), value=value))
+    if isinstance(value, (list, tuple)):
+        if not value:
+            problems.append(PolicyError(rule, field, "must not be empty (omit it for any "
+                                        "port)", value=value))
+        items = value
+        listed = True
+    else:
+        items = (value,)        # one port or range alone reads as a list of it
+        listed = False
     ranges = []
+    position = 0
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, str)):
-            raise PolicyError(rule, field, "%r is not a port or a low-high range" % (item,))
-        if isinstance(item, int):
-            low = high = item
+        if item.__class__ is int and 0 <= item <= 65535:
+            ranges.append((item, item))
         else:
-            match = _PORT.match(item)
-            if not match:
-                raise PolicyError(rule, field, "%r is not a port or a low-high range" % (item,))
-            low = int(match.group(1))
-            high = low if match.group(2) is None else int(match.group(2))
-        for port in (low, high):
-            if not 0 <= port <= 65535:
-                raise PolicyError(rule, field, "port %d is out of range 0-65535" % port)
-        if low > high:
-            raise PolicyError(rule, field, "range %d-%d is backwards (low > high)" % (low, high))
-        ranges.append((low, high))
+            try:
+                ranges.append(_port_item(item, rule, field, position if listed else None))
+            except PolicyError as exc:
+                problems.append(exc)
+        position += 1
+    if problems:
+        raise PolicyError.combine(problems)
     return merge_ports(ranges)
 
 
@@ -451,87 +677,212 @@ class Policy:
                     for name, prefixes in sorted(self.segments.items()))
 
 
-def _default_action(default_action):
+def _default_action(default_action, problems):
+    out = {"egress": "allow", "ingress": "allow"}
     if default_action is None:
-        default_action = {}
+        return out
     if not isinstance(default_action, dict):
-        raise PolicyError(None, "default_action", "must be a mapping with egress and ingress")
-    unknown = sorted(set(default_action) - set(("egress", "ingress")), key=str)
-    if unknown:
-        raise PolicyError(None, "default_action.%s" % unknown[0],
-                          "unknown direction (known: egress, ingress)")
-    out = {}
+        problems.append(PolicyError(None, "default_action", "must be a mapping with egress and "
+                                    "ingress, got %s" % kind(default_action),
+                                    value=default_action))
+        return out
+    for key in sorted(set(default_action) - set(("egress", "ingress")), key=str):
+        problems.append(PolicyError(None, "default_action.%s" % (key,), "unknown direction%s "
+                                    "(known: egress, ingress)"
+                                    % _close_match(key, ("egress", "ingress"))))
     for direction in ("egress", "ingress"):
         value = default_action.get(direction)
         value = "allow" if value is None else value
-        if value not in DEFAULT_ACTIONS:
-            raise PolicyError(None, "default_action.%s" % direction,
-                              "%r is not allow or deny" % (value,))
-        out[direction] = value
+        if not isinstance(value, str) or value not in DEFAULT_ACTIONS:
+            problems.append(PolicyError(None, "default_action.%s" % direction,
+                                        "must be allow or deny", value=value))
+        else:
+            out[direction] = value
     return out
 
 
 _RULE_KEY_SET = frozenset(RULE_KEYS)
 
 
-def _rule(raw, index, segments, memo=None):
-    label = "#%d" % (index + 1)
+def _bad_choice(value, field, choices, rule, problems):
+    """Add the problem of a direction or action that is missing or not one of choices."""
+    if value is None:
+        problems.append(PolicyError(rule, field, "is required (%s)" % _or(choices)))
+        return
+    if isinstance(value, str):
+        extra = _close_match(value.lower(), choices)
+    else:
+        extra = " (got %s)" % kind(value)
+    problems.append(PolicyError(rule, field, "must be %s%s" % (_or(choices), extra),
+                                value=value))
+
+
+def _or(choices):
+    choices = list(choices)
+    return "%s or %s" % (", ".join(choices[:-1]), choices[-1])
+
+
+def usable_name(raw):
+    """The rule's name when it is a non-empty string (a plain str), else None."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return str(name) if isinstance(name, str) and name.strip() else None
+
+
+def name_problem(raw, position=None):
+    """The PolicyError of a raw rule without a usable name (None when it has one)."""
     if not isinstance(raw, dict):
-        raise PolicyError(label, "rule", "must be a mapping, got %s" % type(raw).__name__)
+        return PolicyError(None, "rule", "a rule must be a mapping of its fields (%s), got %s"
+                           % (", ".join(RULE_KEYS), kind(raw)), value=raw, position=position)
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise PolicyError(label, "name", "is required (a non-empty string)")
+    if isinstance(name, str) and name.strip():
+        return None
+    if name is None:
+        return PolicyError(None, "name", "is required (a non-empty string)", position=position)
+    return PolicyError(None, "name", "must be a non-empty string%s"
+                       % ("" if isinstance(name, str) else " (got %s)" % kind(name)),
+                       value=name, position=position)
+
+
+def _rule(raw, index, segments, memo, problems):
+    """A Rule, or None with every problem of the rule added to problems (in field order).
+
+    The problems carry the rule's name when it has a usable one and its index; normalize()
+    turns the index into the position the caller knows it by. Written for the valid rule:
+    110,000 of them go through here in one converge.
+    """
+    if not isinstance(raw, dict):
+        problems.append(name_problem(raw))
+        problems[-1].index = index
+        return None
+    found = len(problems)
+    name = raw.get("name")
+    if name.__class__ is str and name.strip():
+        rule = name
+    else:
+        rule = name = usable_name(raw)
+        if name is None:
+            problems.append(name_problem(raw))
     if not _RULE_KEY_SET.issuperset(raw):
-        unknown = sorted(set(raw).difference(_RULE_KEY_SET), key=str)
-        raise PolicyError(name, str(unknown[0]), "unknown field (known: %s)"
-                          % ", ".join(RULE_KEYS))
+        for key in sorted(set(raw).difference(_RULE_KEY_SET), key=str):
+            problems.append(PolicyError(rule, str(key), "unknown rule field%s (known: %s)"
+                                        % (_close_match(key, RULE_KEYS), ", ".join(RULE_KEYS))))
     direction = raw.get("direction")
-    direction = DEFAULT_DIRECTION if direction is None else direction
-    if direction not in DIRECTIONS:
-        raise PolicyError(name, "direction", "%r is not egress, ingress or both" % (direction,))
+    if direction is None:
+        direction = DEFAULT_DIRECTION
+    elif direction.__class__ is not str or direction not in DIRECTIONS:
+        if not (isinstance(direction, str) and direction in DIRECTIONS):
+            _bad_choice(direction, "direction", DIRECTIONS, rule, problems)
     action = raw.get("action")
-    if action not in ACTIONS:
-        raise PolicyError(name, "action", "%r is not allow, deny or log" % (action,))
-    protocol = _protocol(raw.get("protocol"), name)
-    src_items, src = _addresses(raw.get("src"), segments, name, "src", memo)
-    dst_items, dst = _addresses(raw.get("dst"), segments, name, "dst", memo)
-    dst_ports = _ports(raw.get("dst_ports"), protocol, name, "dst_ports")
-    src_ports = _ports(raw.get("src_ports"), protocol, name, "src_ports")
+    if action.__class__ is not str or action not in ACTIONS:
+        if not (isinstance(action, str) and action in ACTIONS):
+            _bad_choice(action, "action", ACTIONS, rule, problems)
+    try:
+        protocol = _protocol(raw.get("protocol"), rule)
+    except PolicyError as exc:
+        problems.append(exc)
+        protocol = _BAD_PROTOCOL
+    broken = False
+    src_items = src = dst_items = dst = dst_ports = src_ports = None
+    try:
+        src_items, src = _addresses(raw.get("src"), segments, rule, "src", memo)
+    except PolicyError as exc:
+        problems.extend(exc.errors)
+    except _BrokenSegment:
+        broken = True
+    try:
+        dst_items, dst = _addresses(raw.get("dst"), segments, rule, "dst", memo)
+    except PolicyError as exc:
+        problems.extend(exc.errors)
+    except _BrokenSegment:
+        broken = True
+    try:
+        dst_ports = _ports(raw.get("dst_ports"), protocol, rule, "dst_ports")
+    except PolicyError as exc:
+        problems.extend(exc.errors)
+    try:
+        src_ports = _ports(raw.get("src_ports"), protocol, rule, "src_ports")
+    except PolicyError as exc:
+        problems.extend(exc.errors)
+    if len(problems) > found:
+        for problem in problems[found:]:
+            problem.index = index
+        return None
+    if broken:
+        return None
     return Rule(name, index, direction, src, dst, protocol, dst_ports, src_ports, action,
                 canonical={"src": src_items, "dst": dst_items})
 
 
-def normalize(rules, segments, default_action):
-    """Validate everything; a Policy, or PolicyError naming the rule and the field."""
+def _position(index):
+    return "rules[%d]" % index
+
+
+def normalize(rules, segments, default_action, position_of=None):
+    """Validate everything; a Policy, or one PolicyError listing every problem.
+
+    position_of(index): how the caller names the rule at that index of rules in messages
+    (default ``rules[index]``, 0-based), for rules that came from somewhere else.
+    """
     _require_netaddr()
     if rules is None:
         rules = []
+    if position_of is None:
+        position_of = _position
+    problems = []
     if not isinstance(rules, (list, tuple)):
-        raise PolicyError(None, "rules", "must be a list of rules")
-    segs = parse_segments(segments)
-    defaults = _default_action(default_action)
+        problems.append(PolicyError(None, "rules", "must be a list of rules, got %s"
+                                    % kind(rules), value=rules))
+        rules = []
+    segs = parse_segments(segments, problems)
+    defaults = _default_action(default_action, problems)
     out = []
     names = {}
     ids = {}
     matches = {}
     memo = {}
     for index, raw in enumerate(rules):
-        rule = _rule(raw, index, segs, memo)
-        if rule.name in names:
-            raise PolicyError(rule.name, "name", "duplicate rule name (rules #%d and #%d)"
-                              % (names[rule.name] + 1, index + 1))
-        names[rule.name] = index
-        if rule.policy_id in ids:
-            raise PolicyError(rule.name, "name", "its policy id %d collides with rule %r; "
-                              "rename one of them" % (rule.policy_id, ids[rule.policy_id]))
-        ids[rule.policy_id] = rule.name
+        found = len(problems)
+        rule = _rule(raw, index, segs, memo, problems)
+        if rule is not None:
+            name = rule.name
+        else:
+            name = usable_name(raw)
+            if name is None:
+                continue
+        if name in names:
+            problems.append(PolicyError(name, "name", "the same name as %s (names must be "
+                                        "unique)" % position_of(names[name])))
+            problems[-1].index = index
+            continue
+        names[name] = index
+        policy_id = policy_id_for(name) if rule is None else rule.policy_id
+        other = ids.get(policy_id)
+        if other is not None:
+            problems.append(PolicyError(
+                name, "name", "its policy id %d collides with rule %r (%s), rename one of "
+                "them" % (policy_id, other, position_of(names[other]))))
+            problems[-1].index = index
+            continue
+        ids[policy_id] = name
+        if rule is None:
+            continue
         for direction in rule.directions:
             key = rule.match_key(direction)
             other = matches.get(key)
             if other is not None and other.action != rule.action:
-                raise PolicyError(rule.name, "action", "conflicts with rule %r: both match the "
-                                  "same %s traffic, one says %s, the other %s"
-                                  % (other.name, direction, other.action, rule.action))
+                problems.append(PolicyError(
+                    rule.name, "action", "conflicts with %s - both match the same %s traffic, "
+                    "one says %s, the other %s"
+                    % (rule_label(other.name, position_of(other.index)), direction,
+                       other.action, rule.action), value=rule.action))
+                problems[-1].index = index
+                break
             matches.setdefault(key, rule)
-        out.append(rule)
+        else:
+            out.append(rule)
+    if problems:
+        for problem in problems:
+            if problem.index is not None and problem.position is None:
+                problem.position = position_of(problem.index)
+        raise PolicyError.combine(problems)
     return Policy(out, segs, defaults)

@@ -21,7 +21,7 @@ author:
   - ebpf.microseg developers (@ebpf-microseg)
 requirements:
   - pyroute2 on the target
-  - root on the target
+  - root on the target (without it the module fails at once saying so)
 attributes:
   check_mode:
     support: full
@@ -182,6 +182,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.plugins.module_utils import _privilege
 
 
 def main():
@@ -199,6 +200,8 @@ def main():
         ),
         supports_check_mode=True,
     )
+    _privilege.require_root(module, "microseg_facts", "it reads the pinned maps under %s"
+                            % module.params["pin_path"])
     if not _netlink.HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"),
                          exception=str(_netlink.PYROUTE2_IMPORT_ERROR))

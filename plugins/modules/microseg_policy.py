@@ -26,12 +26,18 @@ description:
     re-evaluated at their next packet (a new deny cuts them). A run killed midway leaves the
     old policy fully in force. Concurrent runs on one host serialize on a lock.
   - Runs that would change nothing write nothing and report C(changed=false).
+  - "Bad input is refused before anything on the host is touched, with every problem of the
+    run at once (the first 20, then how many more): each names the rule by its name and its
+    0-based position, the field, the item and the bad value, for example
+    rule 'web-to-db' (rules[3]): dst_ports[0] '5432/tcp': not a port or a low-high range.
+    O(rule_sources) makes the position the one in the variables the list was built from."
 author:
   - ebpf.microseg developers (@ebpf-microseg)
 requirements:
   - netaddr on the target
   - the microseg program loaded by M(ebpf.microseg.microseg_program) (except for O(state=rendered))
-  - root on the target
+  - root on the target (except for O(state=rendered)); without it the module fails at once
+    saying so
 attributes:
   check_mode:
     support: full
@@ -55,6 +61,26 @@ options:
     type: list
     elements: dict
     default: []
+  rule_sources:
+    description:
+      - How O(rules) was put together from several lists, in order, so that messages about
+        a rule name its place in the list it was written in (C(microseg_host_rules[0]))
+        rather than in O(rules) (C(rules[7])).
+      - The counts must add up to the length of O(rules).
+      - The role C(ebpf.microseg.microseg) passes C(microseg_rules), C(microseg_group_rules)
+        and C(microseg_host_rules) here.
+    type: list
+    elements: dict
+    version_added: 0.1.0
+    suboptions:
+      name:
+        description: What the list is called where it was written (a variable name).
+        type: str
+        required: true
+      count:
+        description: How many rules of O(rules) came from it (the next ones in order).
+        type: int
+        required: true
   segments:
     description:
       - Named address sets, name to list of CIDRs. Overlapping CIDRs are merged.
@@ -123,6 +149,22 @@ EXAMPLES = r"""
     rules: [{name: quarantine-out}, {name: quarantine-in}]
     state: deleted
 
+- name: Rules from two lists; errors name microseg_host_rules[0], not rules[3]
+  ebpf.microseg.microseg_policy:
+    rules: "{{ microseg_rules + microseg_host_rules }}"
+    rule_sources:
+      - {name: microseg_rules, count: "{{ microseg_rules | length }}"}
+      - {name: microseg_host_rules, count: "{{ microseg_host_rules | length }}"}
+    state: overridden
+
+- name: Check a policy without touching the host (needs no root, no program)
+  ebpf.microseg.microseg_policy:
+    rules: "{{ microseg_rules }}"
+    segments: "{{ microseg_segments }}"
+    state: rendered
+  delegate_to: localhost
+  become: false
+
 - name: What does this host enforce?
   ebpf.microseg.microseg_policy:
     state: gathered
@@ -155,6 +197,12 @@ gathered:
   description: The rules the host holds (same as RV(after)).
   returned: when state is gathered
   type: dict
+errors:
+  description: When the input is refused, one line per problem (the first 20, then how many more).
+  returned: on failure, when the policy is refused
+  type: list
+  elements: str
+  sample: ["rule 'web-to-db' (rules[3]): dst_ports[0] 70000: port 70000 is out of range 0-65535"]
 """
 
 import traceback
@@ -162,6 +210,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
+from ansible_collections.ebpf.microseg.plugins.module_utils import _privilege
 
 try:
     import netaddr  # noqa: F401  pylint: disable=unused-import
@@ -176,6 +225,10 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             rules=dict(type="list", elements="dict", default=[]),
+            rule_sources=dict(type="list", elements="dict", options=dict(
+                name=dict(type="str", required=True),
+                count=dict(type="int", required=True),
+            )),
             segments=dict(type="dict"),
             default_action=dict(type="dict", options=dict(
                 egress=dict(type="str", choices=["allow", "deny"]),
@@ -188,11 +241,17 @@ def main():
         ),
         supports_check_mode=True,
     )
+    if module.params["state"] != "rendered":
+        _privilege.require_root(module, "microseg_policy",
+                                "it locks and opens the pinned policy maps under %s (only "
+                                "state=rendered works without root)" % module.params["pin_path"])
     if not HAS_NETADDR:
         module.fail_json(msg=missing_required_lib("netaddr"), exception=NETADDR_IMPORT_ERROR)
     try:
         result = _policy.run(module.params, module.check_mode, module._diff)
     except _policy.PolicyInputError as exc:
+        if exc.errors:
+            module.fail_json(msg=str(exc), errors=exc.errors)
         module.fail_json(msg=str(exc))
     for warning in result.pop("warnings", []):
         module.warn(warning)

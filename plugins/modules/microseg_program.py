@@ -33,7 +33,7 @@ requirements:
   - BCC python bindings on the target (Debian/Ubuntu C(python3-bpfcc), RHEL C(python3-bcc))
   - pyroute2 on the target
   - kernel headers, or a nearby C(linux-headers-*) package (see description)
-  - root on the target
+  - root on the target (without it the module fails at once saying so)
 attributes:
   check_mode:
     support: full
@@ -295,6 +295,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.plugins.module_utils import _privilege
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program
 
 try:
@@ -340,6 +341,9 @@ def argument_spec():
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     params = module.params
+    _privilege.require_root(module, "microseg_program",
+                            "it loads, pins and attaches BPF programs (pins under %s)"
+                            % params["pin_path"])
     if not _netlink.HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"),
                          exception=str(_netlink.PYROUTE2_IMPORT_ERROR))

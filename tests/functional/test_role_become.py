@@ -92,12 +92,17 @@ def test_every_controller_side_task_sets_become_false():
 
 
 def _runnable(task, bundle):
-    """The role's task as a play task: the role's variables it templates, given."""
+    """The role's task as a play task: the role's variables it templates (its defaults,
+    role_path, the bundle path), given."""
     task = copy.deepcopy(task)
-    task.setdefault("vars", {}).update({
+    with open(os.path.join(ROLES, "microseg", "defaults", "main.yml")) as handle:
+        variables = yaml.safe_load(handle)
+    variables.update(task.get("vars", {}))
+    variables.update({
         "role_path": os.path.join(ROLES, "microseg"),
         "microseg_monitor_bundle": bundle,
     })
+    task["vars"] = variables
     return task
 
 
