@@ -14,15 +14,20 @@ WITH_COLL := ANSIBLE_COLLECTIONS_PATH=$(BUILD) PYTHONPATH=$(BUILD)
 SANITY_ROOT := $(BUILD)/sanity
 SANITY_COLL := $(SANITY_ROOT)/ansible_collections/ebpf/microseg
 LAB_HOSTS ?= 3
+VM_HOSTS ?= 1
 LAB_ANSIBLE := $(WITH_COLL) ANSIBLE_FORKS=20 ANSIBLE_HOST_KEY_CHECKING=False
 PYTEST := $(WITH_COLL) $(PY) -m pytest -p no:cacheprovider -q -ra
 
-.PHONY: help deps collection copy sanity integration molecule unit functional test demo demo-clean bench bench-flood bench-floods build clean
+.PHONY: help deps collection copy sanity lint integration molecule molecule-vm demo-vm demo-vm-clean unit functional test demo demo-clean bench bench-flood bench-floods build clean
 
 help:
 	@echo "make demo        build the lab fleet (LAB_HOSTS=3), run site.yml over SSH, print the matrix"
 	@echo "make demo-clean  remove the lab fleet"
-	@echo "make test        install deps; sanity, integration, molecule, unit and real-kernel tests"
+	@echo "make demo-vm     the same story on a qemu guest with podman (VM_HOSTS=1; minutes under TCG)"
+	@echo "make demo-vm-clean  stop the guests"
+	@echo "make molecule-vm the vm scenario alone (image cached under /var/cache/ebpf-microseg/vm)"
+	@echo "make test        install deps; sanity, lint, integration, molecule, unit and real-kernel tests"
+	@echo "make lint        ansible-lint --profile production (config: .ansible-lint), 0 findings"
 	@echo "make bench       data plane ns/packet and control plane timings (bench/results.md)"
 	@echo "make bench-flood a denied flood: shipped (no deny sessions) vs deny entries"
 	@echo "make bench-floods real floods from one container: the others' connections"
@@ -49,13 +54,18 @@ sanity: copy
 integration: copy
 	cd $(SANITY_COLL) && env -u ANSIBLE_COLLECTIONS_PATH -u PYTHONPATH $(VENV)/bin/ansible-test integration --local --python 3.11 --allow-destructive --allow-root --color no $(TARGETS)
 
+# Through the build/ link, like the tests: ebpf.microseg.* resolves to this tree, and
+# .ansible-lint's offline keeps ansible-lint from installing a copy of it into ~/.ansible.
+lint: deps collection
+	cd $(COLL) && $(WITH_COLL) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --profile production
+
 unit: deps collection
 	cd $(COLL) && $(PYTEST) tests/unit
 
 functional: deps collection
 	cd $(COLL) && $(PYTEST) tests/functional
 
-test: deps collection sanity integration molecule
+test: deps collection sanity lint integration molecule
 	cd $(COLL) && $(PYTEST) tests/unit tests/functional
 
 # The lab fleet: LAB_HOSTS hosts (network namespace + mount namespace + sshd each) on a
@@ -68,9 +78,22 @@ demo: deps collection
 demo-clean: deps
 	$(PY) lab/fleet.py down
 
-# Both scenarios build and destroy the lab fleet themselves (stop a demo lab first).
+# Every scenario builds and destroys its platform itself (stop a demo lab or demo-vm first).
 molecule: deps collection
 	$(LAB_ANSIBLE) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/molecule test --all
+
+molecule-vm: deps collection
+	$(LAB_ANSIBLE) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/molecule test -s vm
+
+# Real hosts: VM_HOSTS qemu guests (own kernel, systemd, podman containers), site.yml over
+# SSH, then the matrix measured between the podman containers inside each guest.
+demo-vm: deps collection
+	$(PY) lab/vm.py up --hosts $(VM_HOSTS)
+	$(LAB_ANSIBLE) $(VENV)/bin/ansible-playbook -i lab/inventory-vm site.yml
+	$(LAB_ANSIBLE) $(VENV)/bin/ansible-playbook -i lab/inventory-vm lab/verify.yml
+
+demo-vm-clean: deps
+	$(PY) lab/vm.py down
 
 # Data plane (PROG_TEST_RUN and real traffic vs iptables/nftables), control plane, lab fleet.
 bench: deps collection

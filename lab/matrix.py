@@ -27,7 +27,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 FLEET = os.path.join(HERE, "fleet.py")
+VM = os.path.join(HERE, "vm.py")
 PROBE = os.path.join(ROOT, "tests", "functional", "netprobe.py")
+# In a VM guest's podman containers (lab/vm.py): the probe is mounted at /netprobe.py and
+# each container already serves every service from its start.
+VM_PROBE = "/netprobe.py"
 SERVICES = [("tcp", 5432), ("tcp", 80), ("udp", 53), ("icmp", 0)]
 
 # Runs inside one source container: every target and service at once, one JSON line out.
@@ -61,14 +65,15 @@ def load_inventory(path):
         data["microseg_hosts"]["hosts"]
     containers = []
     for host in sorted(hosts, key=lambda h: hosts[h].get("lab_index", 0)):
-        for ctr in hosts[host].get("bridge_veth_containers", []):
+        for ctr in hosts[host].get("bridge_veth_containers", []) + \
+                hosts[host].get("vm_containers", []):
             containers.append({"host": host, "name": ctr["name"],
                                "address": ctr["address"].split("/")[0]})
     return containers
 
 
-def fleet_cmd(state_dir, host, container, argv):
-    cmd = [sys.executable, FLEET]
+def fleet_cmd(state_dir, host, container, argv, platform="lab"):
+    cmd = [sys.executable, VM if platform == "vm" else FLEET]
     if state_dir:
         cmd += ["--state-dir", state_dir]
     cmd += ["exec", host]
@@ -133,15 +138,16 @@ def expected_verdicts(policies_dir, containers):
     return expect
 
 
-def measure(containers, state_dir, timeout):
+def measure(containers, state_dir, timeout, platform="lab"):
     cells = {}
+    probe = VM_PROBE if platform == "vm" else PROBE
     for src in containers:
         targets = [(proto, dst["address"], port) for dst in containers if dst is not src
                    for proto, port in SERVICES]
-        script = PROBE_ALL % {"probe_dir": os.path.dirname(PROBE)}
+        script = PROBE_ALL % {"probe_dir": os.path.dirname(probe)}
         out = subprocess.run(fleet_cmd(state_dir, src["host"], src["name"],
                                        ["/usr/bin/python3", "-c", script, json.dumps(targets),
-                                        str(timeout)]),
+                                        str(timeout)], platform),
                              stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
         results = iter(json.loads(out.strip().splitlines()[-1]))
         for dst in containers:
@@ -157,7 +163,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inventory", default=os.path.join(HERE, "inventory", "hosts.yml"))
-    parser.add_argument("--state-dir", help="fleet.py --state-dir, if not the default")
+    parser.add_argument("--state-dir", help="fleet.py (vm.py) --state-dir, if not the default")
+    parser.add_argument("--platform", choices=("lab", "vm"), default="lab",
+                        help="lab: lab/fleet.py namespaces; vm: lab/vm.py guests' podman "
+                             "containers (their servers run from the containers' start)")
     parser.add_argument("--policies", help="directory of <host>.json gathered policies")
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--json", help="also write the cells here")
@@ -166,9 +175,9 @@ def main():
     containers = load_inventory(args.inventory)
     expect = expected_verdicts(args.policies, containers) if args.policies else None
     started = time.time()
-    servers = start_servers(containers, args.state_dir)
+    servers = start_servers(containers, args.state_dir) if args.platform == "lab" else []
     try:
-        cells = measure(containers, args.state_dir, args.timeout)
+        cells = measure(containers, args.state_dir, args.timeout, args.platform)
     finally:
         stop_servers(servers)
     header = "%-10s -> %-10s " % ("from", "to") + " ".join("%-9s" % (

@@ -21,6 +21,8 @@ APT_PACKAGES=(
   iproute2 procps openssh-server openssh-client iperf3 nftables iptables
   python3-pyroute2 python3-netaddr python3-venv python3-pip python3-yaml python3-apt shellcheck
   sudo
+  # lab/vm.py: Debian guests built with debootstrap, run under qemu (molecule vm scenario)
+  qemu-system-x86 qemu-utils debootstrap
 )
 
 missing=()

@@ -4,6 +4,8 @@
 """Tiny network probe run inside a namespace; prints one word per result.
 
   serve tcp|udp PORT             echo server (prints "listening" when ready)
+  serve-all PROTO:PORT...        one process serving each, e.g. tcp:80 udp:53 (a container's
+                                 entrypoint); prints "listening" when all are bound
   tcp HOST PORT [TIMEOUT]        connect, send, expect the echo      -> ok | fail
   udp HOST PORT [TIMEOUT]        send a datagram, expect the echo    -> ok | fail
   icmp HOST [TIMEOUT]            one echo request over a raw socket  -> ok | fail
@@ -16,6 +18,7 @@ from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import os
+import signal
 import socket
 import struct
 import sys
@@ -36,13 +39,14 @@ def _echo(conn):
         conn.close()
 
 
-def serve(proto, port):
+def serve(proto, port, announce=True):
     if proto == "tcp":
         srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.bind(("0.0.0.0", port))
         srv.listen(64)
-        print("listening", flush=True)
+        if announce:
+            print("listening", flush=True)
         while True:
             conn, _addr = srv.accept()
             worker = threading.Thread(target=_echo, args=(conn,))
@@ -51,10 +55,47 @@ def serve(proto, port):
     else:
         srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         srv.bind(("0.0.0.0", port))
-        print("listening", flush=True)
+        if announce:
+            print("listening", flush=True)
         while True:
             data, addr = srv.recvfrom(65536)
             srv.sendto(data, addr)
+
+
+class _Listener(threading.Thread):
+
+    def __init__(self, proto, port):
+        super(_Listener, self).__init__()
+        self.daemon = True
+        self.proto, self.port = proto, port
+        self.ready = threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            serve(self.proto, self.port, announce=False)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            self.ready.set()
+
+
+def serve_all(specs):
+    """Serve every PROTO:PORT; each listener binds before the next starts."""
+    # As a container's pid 1 nothing would end it on SIGTERM (podman stop waits, then kills).
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    workers = []
+    for spec in specs:
+        proto, port = spec.split(":")
+        worker = _Listener(proto, int(port))
+        worker.start()
+        worker.ready.wait(0.5)      # serve() only returns on failure; a bound one blocks
+        if worker.error:
+            raise SystemExit("cannot serve %s: %s" % (spec, worker.error))
+        workers.append(worker)
+    print("listening", flush=True)
+    for worker in workers:
+        worker.join()
 
 
 def tcp(host, port, timeout):
@@ -153,6 +194,9 @@ def main(argv):
     cmd = argv[0]
     if cmd == "serve":
         serve(argv[1], int(argv[2]))
+        return
+    if cmd == "serve-all":
+        serve_all(argv[1:])
         return
     if cmd == "synflood":
         print("sent %d" % synflood(argv[1], int(argv[2]), int(argv[3]),
