@@ -402,6 +402,7 @@ class Monitor:
         self.tick_seconds = 0.0
         self.events_ipr = None
         self.ipr = None
+        self.notified = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def say(self, text):
@@ -464,6 +465,7 @@ class Monitor:
                     if not waiting_said:
                         self.say("waiting for pinned maps under %s" % self.options.pin_path)
                         waiting_said = True
+                        self._notify_ready()    # nothing to attach yet: do not hold up boot
                     self._publish()
                     self._sleep(min(1.0, self.options.interval))
                     continue
@@ -471,6 +473,7 @@ class Monitor:
                 self.say("opened the data plane under %s (generation %d)"
                          % (self.options.pin_path, self.plane.maps.config().policy_epoch))
                 self._reconcile_attachments()
+                self._notify_ready()
                 next_tick = 0.0
             now = time.monotonic()
             if now >= next_tick:
@@ -482,6 +485,23 @@ class Monitor:
                     self._drain_events()
                     return
             self._wait(max(0.0, min(next_tick - time.monotonic(), 0.5)))
+
+    def _notify_ready(self):
+        """sd_notify(READY=1) once, for a Type=notify unit (no libsystemd needed)."""
+        address = os.environ.get("NOTIFY_SOCKET")
+        if self.notified or not address:
+            return
+        self.notified = True
+        if address.startswith("@"):
+            address = "\0" + address[1:]     # abstract socket namespace
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.connect(address)
+            sock.sendall(b"READY=1")
+        except OSError as exc:
+            self.say("could not tell systemd it is ready: %s" % exc)
+        finally:
+            sock.close()
 
     def _sleep(self, seconds):
         deadline = time.monotonic() + seconds

@@ -122,12 +122,14 @@ def is_selected(link, links, patterns, bridge):
     return bool(bridge) and link["name"] in bridge_ports(links, bridge)[0]
 
 
-def select_interfaces(links, patterns, bridge):
+def select_interfaces(links, patterns, bridge, missing_ok=False):
     """Resolve names, globs and bridge membership to a sorted list of link names.
 
     Bridge membership selects container ports only (is_container_port); other ports of the
     bridge are left out unless named or globbed (see bridge_ports for them).
-    Raises NetlinkError naming an explicit interface or bridge that does not exist.
+    Raises NetlinkError naming an explicit interface or bridge that does not exist, unless
+    missing_ok (the boot restore: the container runtime makes them later, and the monitor
+    attaches them then).
     """
     by_name = dict((link["name"], link) for link in links)
     chosen = set()
@@ -139,8 +141,10 @@ def select_interfaces(links, patterns, bridge):
             chosen.add(pattern)
         else:
             missing.append(pattern)
-    if missing:
+    if missing and not missing_ok:
         raise NetlinkError("interfaces: %s does not exist" % ", ".join(sorted(missing)))
+    if bridge and bridge not in by_name and missing_ok:
+        bridge = None
     if bridge:
         if bridge not in by_name:
             raise NetlinkError("bridge: %s does not exist" % bridge)

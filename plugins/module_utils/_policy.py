@@ -17,6 +17,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
+from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 EMPTY = {"rules": [], "segments": {}, "default_action": {"egress": "allow", "ingress": "allow"}}
 
@@ -248,7 +249,9 @@ def _run(params, check_mode, want_diff):
             document, position_of, problems = desired_document(state, held, params)
             if problems:
                 normalize(document, position_of, problems)      # raises, with every problem
-            digest = input_digest(document)
+            # The boot restore converges the saved (normalized) policy under the digest of the
+            # input it was saved for, so the next Ansible run with that input is a no-op.
+            digest = params.get("_restored_digest") or input_digest(document)
             active = current["active_set"]
             new_set = active ^ 1
             stale = sum(current["counts"][new_set].values())
@@ -259,16 +262,17 @@ def _run(params, check_mode, want_diff):
                                                        "entries": count})
                                                for name, count in current["counts"][active].items()),
                          "stale_entries_removed": 0, "generation": current["generation"]}
-            if intact and current["source"].get("input_digest") == digest and \
+            held_digest = current["source"].get("input_digest") if current["source"] else None
+            if intact and held_digest == digest and \
                     before["default_action"] == document["default_action"]:
                 # The very input that produced the active set, which still holds what was
                 # written for it: no normalize, no compile, no write.
-                return unchanged
+                return _settle_record(params, check_mode, unchanged, held_digest)
             policy, after = normalize(document, position_of)
             if intact and _normalized_equal(before, after) and \
                     before["default_action"] == after["default_action"]:
                 unchanged["after"] = after
-                return unchanged
+                return _settle_record(params, check_mode, unchanged, held_digest)
             compiled = _compiler.compile_policy(policy, new_set)
             active_entries = dict((name, current["entries"][name][active])
                                   for name in _converge.POLICY_MAPS)
@@ -284,12 +288,13 @@ def _run(params, check_mode, want_diff):
                       "generation": current["generation"] + (1 if switch_needed else 0)}
             if want_diff:
                 result["diff"] = {"before": before, "after": after}
+            kernel_digest = digest if switch_needed else held_digest
             if check_mode or not result["changed"]:
-                return result
+                return _settle_record(params, check_mode, result, kernel_digest)
             if not switch_needed:
                 # A run killed before its switch left a half-written inactive set.
                 _converge.clear_set(pinned, current["entries"], new_set)
-                return result
+                return _settle_record(params, check_mode, result, kernel_digest)
 
             problems = _converge.capacity_problems(current, compiled)
             if problems:
@@ -307,7 +312,24 @@ def _run(params, check_mode, want_diff):
             _converge.write_source(pin_path, new_set, source_chunks)
             _converge.switch(pinned, current["generation"] + 1, after["default_action"])
             _converge.clear_set(pinned, current["entries"], active)
-            return result
+            return _settle_record(params, check_mode, result, kernel_digest)
+
+
+def _settle_record(params, check_mode, result, kernel_digest):
+    """Bring the boot restore's record (_saved_state.py) in line with what the kernel holds
+    after this run (result["after"]). Runs under the host lock, so two converges cannot
+    leave the record of the one that lost the race. A missing or stale record is a change."""
+    state_dir, pin_path = params.get("state_dir"), params["pin_path"]
+    if not state_dir:
+        return result
+    if kernel_digest and _saved_state.saved_policy_digest(state_dir, pin_path) == kernel_digest:
+        return result
+    result["changed"] = True
+    result["saved_state"] = _saved_state.instance_dir(state_dir, pin_path)
+    if not check_mode:
+        _saved_state.save_policy(state_dir, pin_path, _saved_state.policy_record(
+            result["after"], kernel_digest, result["generation"]))
+    return result
 
 
 def _predict_on_empty(params, state, want_diff):
@@ -325,6 +347,8 @@ def _predict_on_empty(params, state, want_diff):
                                     for name in _converge.POLICY_MAPS),
               "warnings": ["no microseg program under %s yet: predicted against the empty "
                            "data plane microseg_program creates" % params["pin_path"]]}
+    if params.get("state_dir"):
+        result["saved_state"] = _saved_state.instance_dir(params["state_dir"], params["pin_path"])
     if want_diff:
         result["diff"] = {"before": before, "after": after}
     return result

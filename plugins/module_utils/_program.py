@@ -20,6 +20,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 HOOKS = ("ingress", "egress")
 STAGING_SUFFIX = "_new"
@@ -185,8 +186,12 @@ def gather(params, ipr):
     return state
 
 
-def plan(params, sources, current, sizes):
-    """Compute every action and the before/after views. Pure apart from reading headers."""
+def plan(params, sources, current, sizes, missing_ok=False):
+    """Compute every action and the before/after views. Pure apart from reading headers.
+
+    missing_ok: named interfaces, the bridge and endpoint interfaces that do not exist yet
+    are left out instead of refused (the boot restore, before the container runtime).
+    """
     pin_path = params["pin_path"]
     links = dict((link["name"], link) for link in current["links"])
     meta = current["meta"] or {}
@@ -206,7 +211,8 @@ def plan(params, sources, current, sizes):
         after = {"interfaces": {}, "pinned": False}
         return actions, before, after, result
 
-    selected = _netlink.select_interfaces(current["links"], params["interfaces"], params["bridge"])
+    selected = _netlink.select_interfaces(current["links"], params["interfaces"], params["bridge"],
+                                          missing_ok=missing_ok)
     result["skipped_interfaces"] = [
         name for name in _netlink.bridge_ports(current["links"], params["bridge"])[1]
         if name not in selected]
@@ -259,6 +265,8 @@ def plan(params, sources, current, sizes):
     want_endpoints = {}
     for interface, address in sorted((params.get("endpoints") or {}).items()):
         if interface not in by_name:
+            if missing_ok:
+                continue
             raise ProgramError("endpoints: interface %s does not exist" % interface)
         want_endpoints[by_name[interface]] = endpoint_text(endpoint_value(address))
     if want_endpoints != current["endpoints"]:
@@ -471,7 +479,41 @@ def _roll_back(ipr, links, switched, pin_path):
 def plan_endpoints(params, current):
     by_name = dict((link["name"], link["index"]) for link in current["links"])
     return dict((by_name[name], address)
-                for name, address in (params.get("endpoints") or {}).items())
+                for name, address in (params.get("endpoints") or {}).items() if name in by_name)
+
+
+# -- the record the boot restore reads (_saved_state.py) ------------------------------------
+SAVED_STATE_ACTIONS = ("save_state", "remove_saved_state")
+
+
+def plan_saved_state(params, sources):
+    """Actions that bring STATE_DIR in line with this run: write the record (state=present,
+    when it is missing or says something else) or remove it (state=absent)."""
+    state_dir, pin_path = params.get("state_dir"), params["pin_path"]
+    if not state_dir:
+        return []
+    where = _saved_state.instance_dir(state_dir, pin_path)
+    if params["state"] == "absent":
+        return [{"action": "remove_saved_state", "path": where}] \
+            if _saved_state.has_saved(state_dir, pin_path) else []
+    record = _saved_state.program_record(_record_params(params), sources)
+    if _saved_state.program_needs_save(state_dir, pin_path, record):
+        return [{"action": "save_state", "path": where}]
+    return []
+
+
+def _record_params(params):
+    return dict((k, v) for k, v in params.items() if k != "state_dir")
+
+
+def apply_saved_state(params, sources, actions):
+    state_dir, pin_path = params.get("state_dir"), params["pin_path"]
+    for act in actions:
+        if act["action"] == "save_state":
+            _saved_state.save_program(
+                state_dir, pin_path, _saved_state.program_record(_record_params(params), sources))
+        elif act["action"] == "remove_saved_state":
+            _saved_state.remove(state_dir, pin_path)
 
 
 def _write_endpoints(pin_path, wanted):

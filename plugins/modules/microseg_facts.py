@@ -40,6 +40,15 @@ options:
     description: Directory on bpffs holding the pinned maps.
     type: path
     default: /sys/fs/bpf/microseg
+  state_dir:
+    description:
+      - Where M(ebpf.microseg.microseg_program) and M(ebpf.microseg.microseg_policy) keep
+        their record for the boot restore; read for RV(ansible_facts.microseg.saved_state)
+        and RV(ansible_facts.microseg.boot_restore). An empty string skips both.
+      - Defaults to E(MICROSEG_STATE_DIR) on the target, then C(/var/lib/microseg).
+    type: path
+    default: /var/lib/microseg
+    version_added: 0.2.0
   top_rules:
     description:
       - How many rules to list in C(rules), those with the most hits first; 0 lists none.
@@ -96,6 +105,24 @@ ansible_facts:
           description: Whether the pinned maps exist.
           type: bool
           returned: always
+        saved_state:
+          description:
+            - What is recorded for the boot restore under O(state_dir) - C(path), C(program)
+              (whether a program record exists), C(policy_generation) and C(policy_rules) of
+              the recorded policy.
+          type: dict
+          returned: unless O(state_dir) is empty
+        boot_restore:
+          description:
+            - The last run of C(microseg-restore) (C(microseg.service), at boot) for this
+              instance, null when it never ran - C(result) (C(ok) or C(failed)),
+              C(message) on failure, C(started), C(finished), C(seconds), C(kernel),
+              C(steps) (program - compiled, headers, interfaces; policy - generation,
+              rules), and C(this_boot) (whether it ran since the host last booted).
+          type: dict
+          returned: unless O(state_dir) is empty
+          sample: {"result": "ok", "seconds": 14.2, "kernel": "6.1.0-27-amd64",
+                   "this_boot": true, "started": "2026-12-03T08:10:00Z"}
         interfaces:
           description: Per interface, the TC hooks carrying a microseg filter, with program id and tag.
           type: dict
@@ -178,17 +205,20 @@ ansible_facts:
           returned: when installed
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _privilege
+from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
+            state_dir=dict(type="path", default=_saved_state.DEFAULT_STATE_DIR,
+                           fallback=(env_fallback, [_saved_state.STATE_DIR_ENV])),
             top_rules=dict(type="int", default=20),
             sessions=dict(type="dict", options=dict(
                 limit=dict(type="int", default=100),
@@ -219,6 +249,11 @@ def main():
                          % (module.params["pin_path"], exc))
     finally:
         ipr.close()
+    if module.params["state_dir"]:
+        facts["saved_state"] = _saved_state.summary(module.params["state_dir"],
+                                                    module.params["pin_path"])
+        facts["boot_restore"] = _saved_state.restore_result(module.params["state_dir"],
+                                                            module.params["pin_path"])
     module.exit_json(changed=False, ansible_facts={"microseg": facts})
 
 

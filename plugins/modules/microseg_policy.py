@@ -116,6 +116,21 @@ options:
     description: Pin directory of the microseg program.
     type: path
     default: /sys/fs/bpf/microseg
+  state_dir:
+    description:
+      - Where the host keeps what it converged for the boot restore (C(microseg.service),
+        installed by the role C(ebpf.microseg.microseg)), as M(ebpf.microseg.microseg_program)
+        does for the program.
+      - After every converge that changed the maps, and whenever the record is missing or
+        says something else than the maps hold, the policy the host now holds (normalized)
+        is written to C(STATE_DIR/instances/<pin path with dashes>/policy.json), atomically
+        and under the host lock; that alone reports C(changed). Check mode writes nothing;
+        O(state=gathered) and O(state=rendered) never write.
+      - An empty string keeps no record. Defaults to E(MICROSEG_STATE_DIR) on the target,
+        then C(/var/lib/microseg).
+    type: path
+    default: /var/lib/microseg
+    version_added: 0.2.0
 notes:
   - During the switch each policy map holds the active and the new policy side by side, so
     it must have room for both; size the maps with M(ebpf.microseg.microseg_program).
@@ -197,6 +212,11 @@ gathered:
   description: The rules the host holds (same as RV(after)).
   returned: when state is gathered
   type: dict
+saved_state:
+  description: The record for the boot restore that the run wrote (would write, in check mode).
+  returned: when the record was missing or outdated
+  type: str
+  sample: /var/lib/microseg/instances/sys-fs-bpf-microseg
 errors:
   description: When the input is refused, one line per problem (the first 20, then how many more).
   returned: on failure, when the policy is refused
@@ -207,10 +227,11 @@ errors:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.plugins.module_utils import _privilege
+from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 try:
     import netaddr  # noqa: F401  pylint: disable=unused-import
@@ -238,6 +259,8 @@ def main():
                        choices=["merged", "replaced", "overridden", "deleted", "gathered",
                                 "rendered"]),
             pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
+            state_dir=dict(type="path", default=_saved_state.DEFAULT_STATE_DIR,
+                           fallback=(env_fallback, [_saved_state.STATE_DIR_ENV])),
         ),
         supports_check_mode=True,
     )

@@ -82,6 +82,22 @@ options:
     description: Directory on bpffs for the pinned maps and programs. bpffs is mounted if needed.
     type: path
     default: /sys/fs/bpf/microseg
+  state_dir:
+    description:
+      - Where the host keeps what it converged, so that C(microseg.service) (installed by the
+        role C(ebpf.microseg.microseg)) restores the program at boot, before the container
+        runtimes start, without an Ansible run.
+      - With O(state=present) the parameters and the BPF source are written to
+        C(STATE_DIR/instances/<pin path with dashes>/program.json) after the kernel side
+        succeeded (atomically: write, fsync, rename); a run that only finds the record
+        missing or different writes it and reports C(changed). O(state=absent) removes the
+        instance's records. Check mode writes nothing.
+      - An empty string keeps no record (nothing is restored at boot).
+      - Defaults to the environment variable E(MICROSEG_STATE_DIR) on the target, then
+        C(/var/lib/microseg).
+    type: path
+    default: /var/lib/microseg
+    version_added: 0.2.0
   policy_map_size:
     description: Entries of C(policy_map), exact 5-tuple rules.
     type: int
@@ -237,6 +253,16 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+actions:
+  description:
+    - What the run did (in check mode, would do), in order. Besides the kernel's (compile,
+      attach, replace, detach, write_config, ...), C(save_state) writes the boot restore's
+      record under O(state_dir) and C(remove_saved_state) removes it.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"action": "compile", "reason": "no pinned program"},
+           {"action": "save_state", "path": "/var/lib/microseg/instances/sys-fs-bpf-microseg"}]
 interfaces:
   description: Attachment per interface after the run, by TC hook.
   returned: always
@@ -261,11 +287,6 @@ headers:
   description: Kernel headers BCC used (kind installed, kheaders or fallback; path; version).
   returned: when compiled
   type: dict
-actions:
-  description: The plan that was (or in check mode would be) carried out.
-  returned: always
-  type: list
-  elements: dict
 cache_key:
   description: Hash of source and compile parameters stored with the pins.
   returned: when state is present
@@ -291,12 +312,13 @@ pin_path:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _privilege
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program
+from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 try:
     import bcc  # noqa: F401  pylint: disable=unused-import
@@ -315,6 +337,8 @@ def argument_spec():
                    default=["ingress", "egress"]),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
+        state_dir=dict(type="path", default=_saved_state.DEFAULT_STATE_DIR,
+                       fallback=(env_fallback, [_saved_state.STATE_DIR_ENV])),
         policy_map_size=dict(type="int", default=100000),
         range_map_size=dict(type="int", default=10000),
         session_map_size=dict(type="int", default=1000000),
@@ -368,8 +392,22 @@ def main():
         try:
             current = _program.gather(params, ipr)
             actions, before, after, result = _program.plan(params, sources, current, sizes)
-        except (_netlink.NetlinkError, _program.ProgramError, _loader.LoaderError) as exc:
+            record_actions = _program.plan_saved_state(params, sources)
+        except (_netlink.NetlinkError, _program.ProgramError, _loader.LoaderError,
+                _saved_state.SavedStateError) as exc:
             module.fail_json(msg=str(exc))
+        kernel_actions = actions
+        actions = kernel_actions + record_actions
+        if params["state_dir"]:
+            # The boot restore's record: current / outdated / missing (absent: present / missing)
+            recorded = _saved_state.has_saved(params["state_dir"], params["pin_path"])
+            if params["state"] == "present":
+                before["saved_state"] = "outdated" if record_actions and recorded else \
+                    ("missing" if record_actions else "current")
+                after["saved_state"] = "current"
+            else:
+                before["saved_state"] = "present" if recorded else "missing"
+                after["saved_state"] = "missing"
         changed = bool(actions)
         output = dict(changed=changed, actions=actions, pin_path=params["pin_path"],
                       compiled=False)
@@ -384,14 +422,22 @@ def main():
         if module._diff:
             output["diff"] = dict(before=before, after=after)
         if changed and not module.check_mode:
+            if kernel_actions:
+                try:
+                    report = _program.apply(params, sources, current, kernel_actions, sizes,
+                                            _loader.find_kernel_headers, ipr)
+                except (_loader.LoaderError, _netlink.NetlinkError, _program.ProgramError,
+                        OSError) as exc:
+                    module.fail_json(msg="microseg_program: %s (the previous program, if any, "
+                                         "is still attached)" % exc, actions=actions)
+                output.update(report)
+            # Only what the kernel now holds is recorded: never a program that failed to load.
             try:
-                report = _program.apply(params, sources, current, actions, sizes,
-                                        _loader.find_kernel_headers, ipr)
-            except (_loader.LoaderError, _netlink.NetlinkError, _program.ProgramError,
-                    OSError) as exc:
-                module.fail_json(msg="microseg_program: %s (the previous program, if any, is "
-                                     "still attached)" % exc, actions=actions)
-            output.update(report)
+                _program.apply_saved_state(params, sources, record_actions)
+            except (OSError, IOError) as exc:
+                module.fail_json(msg="microseg_program: the program is in place, but its record "
+                                     "for the boot restore could not be written: %s" % exc,
+                                 actions=actions)
         if module.check_mode and changed:
             output["interfaces"] = dict((name, dict((hook, {}) for hook in hooks))
                                         for name, hooks in after["interfaces"].items())
