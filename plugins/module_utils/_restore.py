@@ -63,8 +63,8 @@ def restore_program(record, say):
     ipr = _netlink.open_route()
     try:
         current = _program.gather(params, ipr)
-        actions, _before, after, result = _program.plan(params, sources, current, sizes,
-                                                         missing_ok=True)
+        actions, _before, after, result = _program.plan(
+            params, sources, current, sizes, missing_ok=True)
         report = {"step": "program", "actions": len(actions), "compiled": False}
         if actions:
             applied = _program.apply(params, sources, current, actions, sizes,

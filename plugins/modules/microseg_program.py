@@ -89,7 +89,7 @@ options:
         runtimes start, without an Ansible run.
       - With O(state=present) the parameters and the BPF source are written to
         C(STATE_DIR/instances/<pin path with dashes>/program.json) after the kernel side
-        succeeded (atomically: write, fsync, rename); a run that only finds the record
+        succeeded (atomically - write, fsync, rename); a run that only finds the record
         missing or different writes it and reports C(changed). O(state=absent) removes the
         instance's records. Check mode writes nothing.
       - An empty string keeps no record (nothing is restored at boot).
