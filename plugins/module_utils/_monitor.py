@@ -422,6 +422,10 @@ class Monitor:
             self.metrics = MetricsServer(opts.metrics_address, opts.metrics_port)
             self.say("metrics on http://%s:%d/metrics" % (opts.metrics_address, self.metrics.port))
         if opts.pid_file:
+            # /run is empty after a reboot: the pid file's directory may not exist yet.
+            pid_dir = os.path.dirname(os.path.abspath(opts.pid_file))
+            if not os.path.isdir(pid_dir):
+                os.makedirs(pid_dir, 0o755)
             with open(opts.pid_file, "w") as handle:
                 handle.write("%d\n" % os.getpid())
         if _netlink.HAS_PYROUTE2:

@@ -115,7 +115,8 @@ def test_check_mode_predicts_and_changes_nothing(lab):
     # A runtime-only change: check mode names it, the real run applies it without compiling.
     check2 = run_playbook([program_task(pin, lab, syn_flood_threshold=77)], check=True)
     assert check2.task()["changed"] is True
-    assert [a["action"] for a in check2.task()["actions"]] == ["write_config"]
+    # ... and that the boot restore's record is rewritten with the new parameters.
+    assert [a["action"] for a in check2.task()["actions"]] == ["write_config", "save_state"]
     with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
         assert pinned.config().syn_flood_threshold == 10000
     real2 = run_playbook([program_task(pin, lab, syn_flood_threshold=77)])
@@ -132,7 +133,8 @@ def test_degradation_and_quota_options_are_runtime_config(lab):
             "endpoint_session_quota": 0}
     check = run_playbook([program_task(pin, lab, **opts)], check=True, diff=True)
     res = check.task()
-    assert res["changed"] is True and [a["action"] for a in res["actions"]] == ["write_config"]
+    assert res["changed"] is True and \
+        [a["action"] for a in res["actions"]] == ["write_config", "save_state"]
     after = res["diff"]["after"]["config"]
     assert (after["degraded_passthrough"], after["endpoint_half_open_quota"],
             after["endpoint_session_quota"]) == ("never", 64, 0)
