@@ -483,9 +483,6 @@ def plan_endpoints(params, current):
 
 
 # -- the record the boot restore reads (_saved_state.py) ------------------------------------
-SAVED_STATE_ACTIONS = ("save_state", "remove_saved_state")
-
-
 def plan_saved_state(params, sources):
     """Actions that bring STATE_DIR in line with this run: write the record (state=present,
     when it is missing or says something else) or remove it (state=absent)."""
@@ -496,14 +493,10 @@ def plan_saved_state(params, sources):
     if params["state"] == "absent":
         return [{"action": "remove_saved_state", "path": where}] \
             if _saved_state.has_saved(state_dir, pin_path) else []
-    record = _saved_state.program_record(_record_params(params), sources)
+    record = _saved_state.program_record(params, sources)
     if _saved_state.program_needs_save(state_dir, pin_path, record):
         return [{"action": "save_state", "path": where}]
     return []
-
-
-def _record_params(params):
-    return dict((k, v) for k, v in params.items() if k != "state_dir")
 
 
 def apply_saved_state(params, sources, actions):
@@ -511,7 +504,7 @@ def apply_saved_state(params, sources, actions):
     for act in actions:
         if act["action"] == "save_state":
             _saved_state.save_program(
-                state_dir, pin_path, _saved_state.program_record(_record_params(params), sources))
+                state_dir, pin_path, _saved_state.program_record(params, sources))
         elif act["action"] == "remove_saved_state":
             _saved_state.remove(state_dir, pin_path)
 

@@ -14,7 +14,7 @@ restore.json beside the record, where microseg_facts reads it.
 
 Exit status 0 when every instance is enforcing again (or nothing was recorded), 1 otherwise:
 microseg.service then fails, and with the role's microseg_boot_failure=block the container
-runtimes, which require it, do not start.
+runtimes, whose drop-ins check that it is active, do not start.
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -35,14 +35,6 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 class RestoreError(Exception):
     pass
-
-
-def _boot_id():
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            return handle.read().strip()
-    except (IOError, OSError):
-        return None
 
 
 def _iso(seconds):
@@ -115,7 +107,7 @@ def restore_policy(record, pin_path, say):
 
 def restore_instance(directory, say):
     started = time.time()
-    outcome = {"result": "failed", "started": _iso(started), "boot_id": _boot_id(),
+    outcome = {"result": "failed", "started": _iso(started), "boot_id": _saved_state.boot_id(),
                "kernel": os.uname()[2], "steps": []}
     pin_path = None
     try:
@@ -167,18 +159,15 @@ def main(argv=None, out=None):
         out.flush()
 
     directories = _saved_state.instances(args.state_dir)
+    missing = []
     if args.pin_path:
         wanted = set(_saved_state.instance_dir(args.state_dir, p) for p in args.pin_path)
         missing = sorted(wanted - set(directories))
         for directory in missing:
             say("FAILED: nothing recorded in %s" % directory)
         directories = [d for d in directories if d in wanted]
-        if missing:
-            for directory in directories:
-                restore_instance(directory, say)
-            return 1
-    if not directories:
+    elif not directories:
         say("nothing recorded under %s: nothing to restore" % args.state_dir)
         return 0
     results = [restore_instance(directory, say) for directory in directories]
-    return 0 if all(r["result"] == "ok" for r in results) else 1
+    return 1 if missing or any(r["result"] != "ok" for r in results) else 0

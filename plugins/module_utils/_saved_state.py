@@ -37,8 +37,8 @@ POLICY_FILE = "policy.json"
 RESTORE_FILE = "restore.json"
 
 # microseg_program parameters that say what is compiled and where it is attached; the rest
-# (state, bpf_source) are how the run was asked for, not what it left.
-NOT_SAVED = ("state", "bpf_source")
+# (state, bpf_source, state_dir) are how the run was asked for, not what it left.
+NOT_SAVED = ("state", "bpf_source", "state_dir")
 
 
 class SavedStateError(Exception):
@@ -164,6 +164,15 @@ def save_restore_result(instance, result):
     write_json(os.path.join(instance, RESTORE_FILE), result)
 
 
+def boot_id():
+    """This boot's id (a restore result from another boot says nothing about this one)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except (IOError, OSError):
+        return None
+
+
 def restore_result(state_dir, pin_path):
     """The last boot restore of the instance, with this_boot: whether it ran since the host
     last booted (a restore.json from an earlier boot says nothing about this one)."""
@@ -173,12 +182,8 @@ def restore_result(state_dir, pin_path):
         return {"result": "unreadable", "message": str(exc), "this_boot": False}
     if outcome is None:
         return None
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            boot_id = handle.read().strip()
-    except (IOError, OSError):
-        boot_id = None
-    outcome["this_boot"] = bool(boot_id) and outcome.get("boot_id") == boot_id
+    this_boot = boot_id()
+    outcome["this_boot"] = bool(this_boot) and outcome.get("boot_id") == this_boot
     return outcome
 
 
