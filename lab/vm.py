@@ -11,11 +11,13 @@ podman (DESIGN.md §5), the VM counterpart of lab/fleet.py.
   vm.py down                       stop every qemu by pid, remove overlays, state, inventory
   vm.py status                     one line per guest
   vm.py exec HOST [--container NAME] -- CMD...   run in a guest (or a podman container) by SSH
-  vm.py reboot HOST                reboot a guest and wait for SSH again
+  vm.py reboot HOST [--kernel R]   reboot a guest (into its installed kernel R) and wait
   vm.py console HOST [--lines N]   the guest's serial console log
 
 The image: Debian bookworm made by debootstrap from the host's Debian mirror with systemd,
-openssh-server, python3, podman, netavark, iptables and the distribution kernel. It does NOT
+openssh-server, python3, podman, netavark, iptables and the distribution kernel, plus a second,
+newer kernel from the suite's security updates without its headers (vm_second_kernel in the
+inventory; `reboot --kernel` boots it, the kernel-upgrade test). It does NOT
 hold BCC, pyroute2, netaddr or kernel headers: the role installs those (its real package path);
 their .debs wait in the image's apt cache so that the install needs no network, though the guest
 reaches the mirror through qemu's user network too. The image is cached under --cache
@@ -126,6 +128,21 @@ ln -sf /etc/systemd/system/ms-hostkeys.service \
 printf 'UseDNS no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n' \
   > /etc/ssh/sshd_config.d/microseg-lab.conf
 apt-get clean                  # debootstrap's own .debs: 250 MB nobody installs again
+# A second kernel, newer than the one the guests boot, as a security update brings it: the
+# kernel-upgrade scenario boots it (vm.py reboot --kernel) with no headers of its own, so
+# the boot restore has to find the fallback. The suite is only enabled for this install:
+# the role's linux-headers-amd64 must stay the booted kernel's.
+mkdir -p /etc/microseg-lab
+default=$(ls /boot | sed -n 's/^vmlinuz-//p' | sort -V | tail -1)
+echo "deb %(security)s %(suite)s-security main" > /etc/apt/sources.list.d/ms-second-kernel.list
+apt-get update -qq
+second=$(apt-cache search --names-only '^linux-image-[0-9.]+-[0-9]+-amd64$' | cut -d' ' -f1 |
+         sed 's/^linux-image-//' | grep -vx "$default" | sort -V | tail -1)
+[ -n "$second" ] || { echo "no second kernel in %(suite)s-security" >&2; exit 1; }
+apt-get install -y -qq --no-install-recommends "linux-image-$second" >/dev/null
+rm /etc/apt/sources.list.d/ms-second-kernel.list
+printf 'default=%%s\nsecond=%%s\n' "$default" "$second" > /etc/microseg-lab/kernels
+apt-get clean
 apt-get update -qq
 apt-get install -y -qq --download-only %(role_packages)s >/dev/null
 # The containers' root: the guest's /usr, read-only, under the usual merged-/usr links.
@@ -192,6 +209,21 @@ def host_mirror():
     return "http://deb.debian.org/debian"
 
 
+def host_security_mirror():
+    """Where this machine's apt gets Debian security updates."""
+    for path in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"):
+        try:
+            with open(path) as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = [w for w in line.split() if not w.startswith("[")]
+            if words[:1] in (["URIs:"], ["deb"]) and len(words) > 1 and "security" in words[1]:
+                return words[1]
+    return "http://deb.debian.org/debian-security"
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -229,6 +261,7 @@ class Image:
 
     def __init__(self, cache_dir, mirror=None):
         self.mirror = mirror or host_mirror()
+        self.security_mirror = host_security_mirror()
         self.cache_dir = os.path.abspath(cache_dir)
         self.key = self._key()
         self.dir = os.path.join(self.cache_dir, "%s-%s" % (SUITE, self.key))
@@ -240,7 +273,8 @@ class Image:
 
     def _key(self):
         digest = hashlib.sha256()
-        for part in [SUITE, self.mirror, IMAGE_SIZE, USER_NET] + IMAGE_PACKAGES + ["|"] + \
+        for part in [SUITE, self.mirror, self.security_mirror, IMAGE_SIZE, USER_NET] + \
+                IMAGE_PACKAGES + ["|"] + \
                 ROLE_PACKAGES + [CONFIGURE, NETWORK_UNIT]:
             digest.update(part.encode() + b"\0")
         return digest.hexdigest()[:12]
@@ -291,15 +325,17 @@ class Image:
             step = time.time()
             staged = os.path.join(work, "base.raw")
             sh("mkfs.ext4", "-q", "-F", "-L", "msroot", "-d", root, staged, IMAGE_SIZE)
-            shutil.copyfile(self._boot_file(root, "vmlinuz"), os.path.join(work, "vmlinuz"))
-            shutil.copyfile(self._boot_file(root, "initrd.img"), os.path.join(work, "initrd.img"))
+            kernels = _read_kernels(root)
+            kernel_release = kernels["default"]
+            for name in ("vmlinuz", "initrd.img"):
+                shutil.copyfile(os.path.join(root, "boot", "%s-%s" % (name, kernel_release)),
+                                os.path.join(work, name))
             say("filesystem image in %.0f s" % (time.time() - step))
-            kernel_release = os.path.basename(os.path.realpath(
-                self._boot_file(root, "vmlinuz"))).replace("vmlinuz-", "")
             manifest = {
                 "suite": SUITE, "mirror": self.mirror, "key": self.key,
                 "packages": IMAGE_PACKAGES, "role_packages_cached": ROLE_PACKAGES,
-                "kernel": kernel_release, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                "kernel": kernel_release, "second_kernel": kernels["second"],
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                     time.gmtime()),
                 "build_seconds": round(time.time() - started, 1),
             }
@@ -316,22 +352,11 @@ class Image:
         say("image built in %.0f s: %s" % (seconds, self.dir))
         return seconds
 
-    def _boot_file(self, root, name):
-        path = os.path.join(root, name)
-        if os.path.islink(path):
-            target = os.readlink(path)
-            path = os.path.join(root, target.lstrip("/")) if os.path.isabs(target) \
-                else os.path.join(root, target)
-        if not os.path.exists(path):
-            path = os.path.join(root, "boot", os.path.basename(os.path.realpath(path)))
-        if not os.path.exists(path):
-            raise SystemExit("vm: no %s in the image" % name)
-        return path
-
     def _configure(self, root, work):
         key = os.path.join(work, "id_ed25519")
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "microseg-vm", "-f", key)
         script = CONFIGURE % {"user_net": USER_NET, "role_packages": " ".join(ROLE_PACKAGES),
+                              "suite": SUITE, "security": self.security_mirror,
                               "containers": " ".join(name for name, _last in CONTAINERS)}
         # chroot needs /proc and /dev for apt and the ssh host key removal is harmless.
         mounts = []
@@ -355,6 +380,17 @@ class Image:
         with open(os.path.join(root, "root/.ssh/authorized_keys"), "w") as handle:
             handle.write(public)
         os.chmod(os.path.join(root, "root/.ssh/authorized_keys"), 0o600)
+
+
+def _read_kernels(root):
+    """The image's kernels as CONFIGURE recorded them: {"default": release, "second": ...}."""
+    with open(os.path.join(root, "etc/microseg-lab/kernels")) as handle:
+        kernels = dict(line.strip().split("=", 1) for line in handle if "=" in line)
+    for role in ("default", "second"):
+        for name in ("vmlinuz", "initrd.img"):
+            if not os.path.exists(os.path.join(root, "boot", "%s-%s" % (name, kernels[role]))):
+                raise SystemExit("vm: no /boot/%s-%s in the image" % (name, kernels[role]))
+    return kernels
 
 
 def probe_kvm(image, cache_dir):
@@ -413,6 +449,7 @@ class Guest:
         self.pid_file = os.path.join(self.state, "qemu.pid")
         self.port_file = os.path.join(self.state, "ssh-port")
         self.bridge_file = os.path.join(self.state, "bridge")
+        self.accel_file = os.path.join(self.state, "accel")
         self.subnet = "198.18.%d" % (120 + index)
 
     @property
@@ -458,15 +495,26 @@ class Guest:
         return subprocess.run(self.ssh_argv(argv), universal_newlines=True, check=check,
                               timeout=timeout, **kw)
 
-    def boot(self, accel):
+    def boot(self, accel, kernel=None):
+        """Start qemu: on a fresh overlay of the image with the image's kernel, or with
+        `kernel` (a release whose files the guest itself holds, fetched by `reboot_into`)
+        on the overlay as the guest left it."""
         os.makedirs(self.state, exist_ok=True)
         if self.pid:
             return False
         image = self.lab.image
-        sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.raw, self.overlay)
-        port = _free_port(SSH_PORT_BASE + 10 * self.index)
-        with open(self.port_file, "w") as handle:
-            handle.write(str(port))
+        if kernel is None:
+            sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.raw,
+               self.overlay)
+            port = _free_port(SSH_PORT_BASE + 10 * self.index)
+            with open(self.port_file, "w") as handle:
+                handle.write(str(port))
+            with open(self.accel_file, "w") as handle:
+                handle.write(accel)
+            vmlinuz, initrd = image.kernel, image.initrd
+        else:
+            port = self.port
+            vmlinuz, initrd = self._kernel_files(kernel)
         if os.path.exists(self.console):
             os.replace(self.console, self.console + ".previous")
         cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
@@ -480,7 +528,7 @@ class Guest:
             "-drive", "file=%s,if=virtio,format=qcow2,cache=unsafe,discard=unmap" % self.overlay,
             "-netdev", netdev, "-device", "virtio-net-pci,netdev=mgmt",
             "-device", "virtio-rng-pci",
-            "-kernel", image.kernel, "-initrd", image.initrd,
+            "-kernel", vmlinuz, "-initrd", initrd,
             "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.hostname=%s "
                        "systemd.show_status=false" % self.name,
             "-pidfile", self.pid_file, "-daemonize"]
@@ -553,6 +601,40 @@ class Guest:
         before = self.boot_id()
         self.ssh(["systemctl", "reboot"], check=False)
         return self.wait_ssh(after=before)
+
+    def _kernel_files(self, release):
+        return (os.path.join(self.state, "vmlinuz-" + release),
+                os.path.join(self.state, "initrd.img-" + release))
+
+    def reboot_into(self, release):
+        """Reboot the guest into another kernel it has installed, as a bootloader would:
+        qemu boots its kernel directly, so the guest's /boot/vmlinuz-RELEASE and initrd are
+        copied out, the guest powers off cleanly, and qemu starts again on the same disk.
+        Later reboots from inside the guest keep that kernel (qemu's reset reuses it)."""
+        before = self.boot_id()
+        for (name, local) in zip(("vmlinuz", "initrd.img"), self._kernel_files(release)):
+            with open(local + ".tmp", "wb") as handle:
+                got = subprocess.run(self.ssh_argv(["cat", "/boot/%s-%s" % (name, release)]),
+                                     stdout=handle, stderr=subprocess.PIPE, check=False)
+            if got.returncode:
+                os.unlink(local + ".tmp")
+                raise SystemExit("vm: %s has no /boot/%s-%s: %s"
+                                 % (self.name, name, release, got.stderr.decode().strip()))
+            os.replace(local + ".tmp", local)
+        started = time.time()
+        pid = self.pid
+        self.ssh(["systemctl", "poweroff"], check=False, timeout=30)
+        deadline = time.time() + 180
+        while time.time() < deadline and _pid_alive(pid):
+            time.sleep(0.5)
+        if _pid_alive(pid):
+            raise SystemExit("vm: %s did not power off within 180 s; console:\n%s"
+                             % (self.name, self.console_tail()))
+        with open(self.accel_file) as handle:
+            accel = handle.read().strip()
+        self.boot(accel, kernel=release)
+        self.wait_ssh(after=before)
+        return time.time() - started
 
     def stop(self):
         pid = self.pid
@@ -669,6 +751,8 @@ class VMLab:
             "lab_index": guest.index,
             "vm_console_log": guest.console,
             "vm_image": self.image.dir,
+            # The kernel the image also holds, without its headers (the kernel-upgrade test).
+            "vm_second_kernel": self.image.info().get("second_kernel"),
             # Not bridge_veth_containers: site.yml would build namespaces of that name.
             "vm_containers": [
                 {"name": name, "bridge": guest.bridge, "address": address + "/24",
@@ -709,6 +793,8 @@ def main(argv=None):
     run.add_argument("--container")
     reboot = sub.add_parser("reboot")
     reboot.add_argument("host")
+    reboot.add_argument("--kernel", metavar="RELEASE",
+                        help="boot this kernel release, installed in the guest's /boot")
     console = sub.add_parser("console")
     console.add_argument("host")
     console.add_argument("--lines", type=int, default=60)
@@ -739,7 +825,9 @@ def main(argv=None):
         return subprocess.call(guest.ssh_argv(command))
     elif args.cmd == "reboot":
         guest = lab.guest(args.host)
-        say("%s back after %.0f s" % (guest.name, guest.reboot()))
+        seconds = guest.reboot_into(args.kernel) if args.kernel else guest.reboot()
+        say("%s back after %.0f s%s" % (guest.name, seconds,
+                                         " on " + args.kernel if args.kernel else ""))
     elif args.cmd == "console":
         sys.stdout.write(Guest(lab, int(args.host[2:])).console_tail(args.lines)
                          if args.host[2:].isdigit() else "")

@@ -16,7 +16,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
 from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
 from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
-from ansible_collections.ebpf.microseg.tests.functional.test_monitor import MonitorProcess
+from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
 
 TICK = 0.25
 

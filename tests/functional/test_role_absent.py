@@ -43,7 +43,8 @@ def walk(root, depth):
     return out
 paths = []
 for root, depth in (("/opt/microseg", 9), ("/var/log/microseg", 9), ("/var/cache/microseg", 2),
-                    ("/run/microseg", 9), ("/run/lock", 9), ("/sys/fs/bpf", 9)):
+                    ("/var/lib/microseg", 9), ("/run/microseg", 9), ("/run/lock", 9),
+                    ("/sys/fs/bpf", 9)):
     paths.extend(walk(root, depth))
 units = []
 for root, _dirs, files in os.walk("/etc/systemd/system"):
@@ -152,6 +153,10 @@ def test_absent_removes_what_present_added(lab_host, tmp_path):
                  "/sys/fs/bpf/microseg"):
         assert path in paths, path
     assert [p for p in paths if p.startswith("/run/lock/microseg-policy-")]
+    # The records the boot restore reads (the role's default state_dir).
+    records = [p for p in paths if p.startswith("/var/lib/microseg/instances/")]
+    assert [p for p in records if p.endswith("/program.json")], records
+    assert [p for p in records if p.endswith("/policy.json")], records
     if not os.path.isdir("/lib/modules/%s/build" % os.uname()[2]) and \
             not os.path.exists("/sys/kernel/kheaders.tar.xz"):
         assert "/var/cache/microseg" in paths   # the fallback headers tree
