@@ -25,7 +25,7 @@ import time
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
 from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
-from ansible_collections.ebpf.microseg.tests.functional.test_monitor import MonitorProcess
+from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
 from ansible_collections.ebpf.microseg.tests.functional.test_traffic import allow_pair
 
 SUBNET = "198.18.111"
