@@ -28,6 +28,7 @@ import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
 
 HEADERS_CACHE = "/var/cache/microseg/kernel-headers"
 SOURCE_FILES = ("microseg.bpf.c", "microseg.h")
@@ -166,14 +167,7 @@ def find_kernel_headers(release=None, src_root="/usr/src", modules_root="/lib/mo
 
 def cflags_for(pin_path, sizes, include_dir):
     flags = ["-I%s" % include_dir, '-DMS_PIN_DIR="%s"' % pin_path.rstrip("/")]
-    macro = {
-        "policy_map_size": "MS_POLICY_MAP_SIZE", "range_map_size": "MS_RANGE_MAP_SIZE",
-        "session_map_size": "MS_SESSION_MAP_SIZE", "frag_map_size": "MS_FRAG_MAP_SIZE",
-        "rule_stats_size": "MS_RULE_STATS_SIZE", "endpoint_map_size": "MS_ENDPOINT_MAP_SIZE",
-        "log_ring_pages": "MS_LOG_RING_PAGES",
-    }
-    for key in sorted(macro):
-        flags.append("-D%s=%d" % (macro[key], int(sizes[key])))
+    flags.extend(_program_options.compile_flags(sizes))
     return flags
 
 

@@ -16,6 +16,7 @@ import socket
 import struct
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
 
 DEFAULT_PIN_PATH = "/sys/fs/bpf/microseg"
 
@@ -317,16 +318,8 @@ MAP_SPECS = [
 ]
 MAP_SPEC = dict((spec.name, spec) for spec in MAP_SPECS)
 
-# Map sizes with the seed's values as defaults; these become -D flags of the compile.
-DEFAULT_SIZES = {
-    "policy_map_size": 100000,
-    "range_map_size": 10000,
-    "session_map_size": 1000000,
-    "frag_map_size": 8192,
-    "rule_stats_size": 65536,
-    "endpoint_map_size": 4096,
-    "log_ring_pages": 16,
-}
+# Map sizes with the seed's values as defaults (the option table's); they become -D flags.
+DEFAULT_SIZES = _program_options.DEFAULT_SIZES
 
 
 def ip_to_u32(address):

@@ -20,20 +20,11 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
+from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
 from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 HOOKS = ("ingress", "egress")
 STAGING_SUFFIX = "_new"
-
-SIZE_LIMITS = {
-    "policy_map_size": (1, 16 * 1024 * 1024),
-    "range_map_size": (1, 16 * 1024 * 1024),
-    "session_map_size": (16, 64 * 1024 * 1024),
-    "frag_map_size": (16, 1024 * 1024),
-    "rule_stats_size": (1, 16 * 1024 * 1024),
-    "endpoint_map_size": (1, 1024 * 1024),
-    "log_ring_pages": (1, 65536),
-}
 
 
 class ProgramError(Exception):
@@ -43,30 +34,25 @@ class ProgramError(Exception):
 def validate(params):
     """Return the sizes dict; raise ProgramError naming the bad parameter."""
     sizes = {}
-    for name, (low, high) in SIZE_LIMITS.items():
-        value = params.get(name)
+    for option in _program_options.OPTIONS:
+        value = params.get(option.name)
         if value is None:
-            value = _maps.DEFAULT_SIZES[name]
-        if not low <= value <= high:
-            raise ProgramError("%s: %d is out of range (%d..%d)" % (name, value, low, high))
-        sizes[name] = value
-    pages = sizes["log_ring_pages"]
-    if pages & (pages - 1):
-        raise ProgramError("log_ring_pages: %d is not a power of two (the kernel requires one)"
-                           % pages)
-    for name in ("pressure_warning_percent", "pressure_critical_percent"):
-        if not 0 <= params[name] <= 100:
-            raise ProgramError("%s: %d is not a percentage" % (name, params[name]))
-    if params["pressure_warning_percent"] > params["pressure_critical_percent"]:
+            value = option.default
+        if option.type != "int" or value is None:
+            continue
+        problem = _program_options.range_error(option.name, value)
+        if problem:
+            raise ProgramError(problem)
+        if option.power_of_two and value & (value - 1):
+            raise ProgramError("%s: %d is not a power of two (the kernel requires one)"
+                               % (option.name, value))
+        if option.macro:
+            sizes[option.name] = value
+    warning = _param(params, "pressure_warning_percent")
+    critical = _param(params, "pressure_critical_percent")
+    if warning > critical:
         raise ProgramError("pressure_warning_percent (%d) is above pressure_critical_percent (%d)"
-                           % (params["pressure_warning_percent"],
-                              params["pressure_critical_percent"]))
-    if params["syn_flood_threshold"] < 0 or params["log_rate"] < 0:
-        raise ProgramError("syn_flood_threshold and log_rate must not be negative")
-    for name in ("endpoint_half_open_quota", "endpoint_session_quota"):
-        value = params.get(name)
-        if value is not None and not 0 <= value <= 0xffffffff:
-            raise ProgramError("%s: %d is out of range (0 disables the quota)" % (name, value))
+                           % (warning, critical))
     for interface, address in (params.get("endpoints") or {}).items():
         try:
             parse_endpoint(address)
@@ -107,21 +93,20 @@ def endpoint_value(text):
 def desired_config_fields(params, sizes):
     """The config_map fields this module owns (policy_epoch and defaults belong to policy)."""
     session_max = sizes["session_map_size"]
-    warn = params["pressure_warning_percent"]
-    crit = params["pressure_critical_percent"]
+    warn = _param(params, "pressure_warning_percent")
+    crit = _param(params, "pressure_critical_percent")
     return {
-        "ipv6_mode": _maps.L3_MODES[params["ipv6"]],
-        "other_l3_mode": _maps.L3_MODES[params["other_l3"]],
-        "syn_flood_threshold": params["syn_flood_threshold"],
+        "ipv6_mode": _maps.L3_MODES[_param(params, "ipv6")],
+        "other_l3_mode": _maps.L3_MODES[_param(params, "other_l3")],
+        "syn_flood_threshold": _param(params, "syn_flood_threshold"),
         "pressure_warn_sessions": session_max * warn // 100 if crit else 0,
         "pressure_crit_sessions": session_max * crit // 100 if crit else 0,
         "session_max": session_max,
-        "log_rate_per_sec": params["log_rate"],
+        "log_rate_per_sec": _param(params, "log_rate"),
         "flags": config_flags(params),
-        "endpoint_half_open_quota": _param(params, "endpoint_half_open_quota", 2048),
+        "endpoint_half_open_quota": _param(params, "endpoint_half_open_quota"),
         "endpoint_session_quota": _param(params, "endpoint_session_quota", session_max // 2),
-        "degraded_passthrough": _maps.PASSTHROUGH_MODES[
-            _param(params, "degraded_passthrough", "default_only")],
+        "degraded_passthrough": _maps.PASSTHROUGH_MODES[_param(params, "degraded_passthrough")],
     }
 
 
@@ -131,9 +116,12 @@ def config_flags(params):
     return flags | (_maps.CONFIG_FLAG_LEARN_ENDPOINTS if learn else 0)
 
 
-def _param(params, name, default):
+def _param(params, name, default=None):
+    """A parameter's value; unset: `default`, else the option table's default."""
     value = params.get(name)
-    return default if value is None else value
+    if value is not None:
+        return value
+    return _program_options.default(name) if default is None else default
 
 
 def _config_view(fields):

@@ -318,6 +318,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _privilege
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program
+from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
 from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 try:
@@ -330,7 +331,9 @@ except ImportError:
 
 
 def argument_spec():
-    return dict(
+    # Map sizes and tuning: type, default and choices from the option table.
+    spec = _program_options.argument_spec()
+    spec.update(
         interfaces=dict(type="list", elements="str", default=[]),
         bridge=dict(type="str"),
         hooks=dict(type="list", elements="str", choices=["ingress", "egress"],
@@ -339,27 +342,11 @@ def argument_spec():
         pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
         state_dir=dict(type="path", default=_saved_state.DEFAULT_STATE_DIR,
                        fallback=(env_fallback, [_saved_state.STATE_DIR_ENV])),
-        policy_map_size=dict(type="int", default=100000),
-        range_map_size=dict(type="int", default=10000),
-        session_map_size=dict(type="int", default=1000000),
-        frag_map_size=dict(type="int", default=8192),
-        rule_stats_size=dict(type="int", default=65536),
-        endpoint_map_size=dict(type="int", default=4096),
-        log_ring_pages=dict(type="int", default=16),
-        syn_flood_threshold=dict(type="int", default=10000),
-        pressure_warning_percent=dict(type="int", default=70),
-        pressure_critical_percent=dict(type="int", default=90),
-        degraded_passthrough=dict(type="str", choices=["default_only", "always", "never"],
-                                  default="default_only"),
-        endpoint_half_open_quota=dict(type="int", default=2048),
-        endpoint_session_quota=dict(type="int"),
-        ipv6=dict(type="str", choices=["allow", "drop"], default="drop"),
-        other_l3=dict(type="str", choices=["allow", "drop"], default="drop"),
-        log_rate=dict(type="int", default=100),
         endpoints=dict(type="dict", default={}),
         learn_endpoints=dict(type="bool", default=False),
         bpf_source=dict(type="dict"),
     )
+    return spec
 
 
 def main():
