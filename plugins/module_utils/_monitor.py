@@ -6,8 +6,9 @@
 Every interval it recounts the session map (total and SYN_SENT) and writes map_pressure_map,
 so the data plane's pressure levels and SYN-flood guard act on real numbers, and deletes
 sessions idle past their timeout. Between ticks it consumes LOG events from the ring buffer
-(JSON lines), attaches the pinned programs to new interfaces that match the selection
-(netlink link events), and serves Prometheus metrics from a thread.
+(JSON lines, _monitor_events), attaches the pinned programs to new interfaces that match the
+selection (netlink link events, _autoattach), and serves Prometheus metrics from a thread
+(_monitor_metrics). This file is the lifecycle and the recount/expiry tick.
 
 It reads and writes the maps through the same module_utils as the modules; the executable
 files/microseg-monitor only puts them on sys.path and calls main().
@@ -24,24 +25,23 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _autoattach
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _endpoints
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor_events
+from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor_metrics
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _ringbuf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 
 DEFAULT_METRICS_PORT = 9466
-DEFAULT_LOG_MAX_BYTES = 100 * 1024 * 1024   # events.jsonl rotates past this size
-DEFAULT_LOG_BACKUPS = 5                      # events.jsonl.1 (newest) .. .5 (oldest)
 EVENTS_PER_WAKEUP = 4096      # bounds memory: the ring itself bounds what is pending
-REASONS = {0: "new_flow", 1: "reevaluate"}
 
 
 def pressure_level(total, config):
@@ -53,154 +53,6 @@ def pressure_level(total, config):
     if total >= config.pressure_warn_sessions:
         return 1
     return 0
-
-
-def event_record(event, rule_names, ifnames, wall_of):
-    """One LOG event as the dict written as a JSON line."""
-    proto = _maps.PROTOCOL_NAMES.get(event.protocol, event.protocol)
-    record = {
-        "time": _facts._iso(wall_of(event.timestamp_ns)),  # pylint: disable=protected-access
-        "src": _maps.u32_to_ip(event.src_ip), "dst": _maps.u32_to_ip(event.dst_ip),
-        "protocol": proto,
-        "direction": "ingress" if event.direction == _maps.DIR_INGRESS else "egress",
-        "rule": rule_names.get(event.policy_id),
-        "policy_id": event.policy_id,
-        "verdict": _maps.ACTION_NAMES.get(event.action, event.action),
-        "reason": REASONS.get(event.reason, event.reason),
-        "interface": ifnames.get(event.ifindex, event.ifindex),
-        "policy_generation": event.policy_ver,
-    }
-    if event.protocol in (6, 17):
-        record["src_port"] = event.src_port
-        record["dst_port"] = event.dst_port
-    return record
-
-
-# ---- Prometheus text format -----------------------------------------------------------
-
-def _label(value):
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def render_metrics(snapshot):
-    """Prometheus text exposition (version 0.0.4) of one snapshot."""
-    lines = []
-
-    def family(name, kind, help_text, samples):
-        lines.append("# HELP %s %s" % (name, help_text))
-        lines.append("# TYPE %s %s" % (name, kind))
-        for labels, value in samples:
-            if labels:
-                text = ",".join('%s="%s"' % (k, _label(v)) for k, v in sorted(labels.items()))
-                lines.append("%s{%s} %s" % (name, text, value))
-            else:
-                lines.append("%s %s" % (name, value))
-
-    family("microseg_up", "gauge", "1 when the pinned maps are open.",
-           [({}, 1 if snapshot.get("up") else 0)])
-    if snapshot.get("up"):
-        family("microseg_datapath_total", "counter",
-               "Data plane counters summed over CPUs (stats_map).",
-               [({"counter": name}, value) for name, value in sorted(snapshot["stats"].items())])
-        family("microseg_map_entries", "gauge", "Entries in each keyed map.",
-               [({"map": name}, entry["entries"]) for name, entry in sorted(snapshot["maps"].items())
-                if "entries" in entry])
-        family("microseg_map_max_entries", "gauge", "Capacity of each map.",
-               [({"map": name}, entry["max_entries"])
-                for name, entry in sorted(snapshot["maps"].items())])
-        family("microseg_map_fill_ratio", "gauge", "entries / max_entries.",
-               [({"map": name}, round(entry["entries"] / float(entry["max_entries"]), 6))
-                for name, entry in sorted(snapshot["maps"].items()) if "entries" in entry])
-        family("microseg_sessions", "gauge", "Live sessions at the last recount.",
-               [({}, snapshot["sweep"]["total"])])
-        family("microseg_syn_sent_sessions", "gauge", "Sessions in SYN_SENT at the last recount.",
-               [({}, snapshot["sweep"]["syn_sent"])])
-        family("microseg_pressure_level", "gauge", "0 normal, 1 warning, 2 critical.",
-               [({}, snapshot["pressure_level"])])
-        family("microseg_expired_sessions_total", "counter",
-               "Sessions the monitor deleted after their idle timeout.",
-               [({"class": name}, value) for name, value in sorted(snapshot["expired"].items())])
-        family("microseg_policy_generation", "gauge", "Active policy generation.",
-               [({}, snapshot["policy_generation"])])
-        family("microseg_rule_hits_total", "counter", "New flows decided by each rule.",
-               [({"rule": rule["name"] or "", "policy_id": rule["policy_id"]}, rule["hits"])
-                for rule in snapshot["rules"]])
-        family("microseg_attached_interfaces", "gauge", "Interfaces carrying the program.",
-               [({}, snapshot["attached"])])
-        endpoints = snapshot.get("endpoints") or []
-        for name, kind, field, help_text in (
-                ("microseg_endpoint_sessions", "gauge", "sessions",
-                 "Sessions of each endpoint (host-side interface) at the last recount."),
-                ("microseg_endpoint_half_open", "gauge", "half_open",
-                 "TCP sessions in SYN_SENT of each endpoint at the last recount."),
-                ("microseg_endpoint_session_quota", "gauge", "session_quota",
-                 "Sessions an endpoint may hold before its new flows degrade (0: none)."),
-                ("microseg_endpoint_half_open_quota", "gauge", "half_open_quota",
-                 "SYN_SENT sessions an endpoint may hold before its SYNs drop (0: none)."),
-                ("microseg_endpoint_syn_quota_drops_total", "counter", "syn_quota_drops",
-                 "SYNs dropped over the endpoint's half-open quota."),
-                ("microseg_endpoint_degraded_flows_total", "counter", "degraded_flows",
-                 "New flows degraded over the endpoint's session quota.")):
-            family(name, kind, help_text,
-                   [({"interface": row["interface"]}, row[field]) for row in endpoints])
-    family("microseg_log_events_written_total", "counter", "LOG events written as JSON lines.",
-           [({}, snapshot.get("events_written", 0))])
-    family("microseg_monitor_tick_seconds", "gauge", "Duration of the last recount/expiry pass.",
-           [({}, round(snapshot.get("tick_seconds", 0.0), 6))])
-    return "\n".join(lines) + "\n"
-
-
-class MetricsServer:
-    """A tiny HTTP server in a thread; it only ever serves the latest rendered text."""
-
-    def __init__(self, address, port):
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((address, port))
-        self.sock.listen(16)
-        self.sock.settimeout(0.5)
-        self.port = self.sock.getsockname()[1]
-        self.text = render_metrics({})
-        self.lock = threading.Lock()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
-        self.thread.start()
-
-    def publish(self, text):
-        with self.lock:
-            self.text = text
-
-    def _serve(self):
-        while not self.stopping:
-            try:
-                conn, _peer = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                conn.settimeout(2)
-                request = conn.recv(4096).decode("latin-1")
-                path = request.split(" ", 2)[1] if request.count(" ") >= 2 else "/"
-                if path.split("?")[0] in ("/metrics", "/"):
-                    with self.lock:
-                        body = self.text.encode()
-                    head = ("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; "
-                            "charset=utf-8\r\nContent-Length: %d\r\n\r\n" % len(body))
-                else:
-                    body = b"not found\n"
-                    head = "HTTP/1.0 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body)
-                conn.sendall(head.encode() + body)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def close(self):
-        self.stopping = True
-        self.sock.close()
-        self.thread.join(2)
 
 
 # ---- the pinned data plane, reopened when it goes away and comes back -------------------
@@ -322,61 +174,6 @@ class DataPlane:
         self.map_ids = {}
 
 
-class EventLog:
-    """LOG events as JSON lines in a file rotated by size, between whole records.
-
-    A record that would take the file past max_bytes first renames FILE.(n-1) to FILE.n
-    (the oldest, FILE.backups, is replaced) and FILE to FILE.1, then starts a new FILE; with
-    no backups the file starts over empty. A record longer than max_bytes on its own is
-    written whole to a fresh file. max_bytes 0 never rotates.
-    """
-
-    def __init__(self, path, max_bytes=DEFAULT_LOG_MAX_BYTES, backups=DEFAULT_LOG_BACKUPS):
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self.rotations = 0
-        self.handle = None
-        self.size = 0
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        self._open()
-
-    def _open(self):
-        self.handle = open(self.path, "ab", buffering=0)
-        self.size = os.fstat(self.handle.fileno()).st_size
-
-    def write(self, line):
-        """Write one record (a line without its newline)."""
-        data = line.encode("utf-8") + b"\n"
-        if self.max_bytes and self.size and self.size + len(data) > self.max_bytes:
-            self.rotate()
-        self.handle.write(data)
-        self.size += len(data)
-
-    def rotate(self):
-        self.handle.close()
-        try:
-            if self.backups:
-                for index in range(self.backups - 1, 0, -1):
-                    older = "%s.%d" % (self.path, index)
-                    if os.path.exists(older):
-                        os.rename(older, "%s.%d" % (self.path, index + 1))
-                os.rename(self.path, self.path + ".1")
-            else:
-                os.unlink(self.path)
-        except OSError:
-            pass   # moved or removed behind our back: a new file all the same
-        self.rotations += 1
-        self._open()
-
-    def close(self):
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-
 class Monitor:
 
     def __init__(self, options, out=None, err=None):
@@ -403,6 +200,7 @@ class Monitor:
         self.events_ipr = None
         self.ipr = None
         self.notified = False
+        self.attach = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def say(self, text):
@@ -417,9 +215,9 @@ class Monitor:
         signal.signal(signal.SIGINT, self.stop)
         opts = self.options
         if opts.log_file:
-            self.events = EventLog(opts.log_file, opts.log_max_bytes, opts.log_backups)
+            self.events = _monitor_events.EventLog(opts.log_file, opts.log_max_bytes, opts.log_backups)
         if opts.metrics_port >= 0:
-            self.metrics = MetricsServer(opts.metrics_address, opts.metrics_port)
+            self.metrics = _monitor_metrics.MetricsServer(opts.metrics_address, opts.metrics_port)
             self.say("metrics on http://%s:%d/metrics" % (opts.metrics_address, self.metrics.port))
         if opts.pid_file:
             # /run is empty after a reboot: the pid file's directory may not exist yet.
@@ -436,6 +234,8 @@ class Monitor:
                 self.events_ipr.bind(groups=RTMGRP_LINK)
         elif opts.attach:
             self.say("pyroute2 is missing: auto-attach disabled")
+        self.attach = _autoattach.AutoAttach(opts, self.plane, self.ipr, self.events_ipr,
+                                             self.ifnames, self.say)
         try:
             self._loop()
         finally:
@@ -476,7 +276,7 @@ class Monitor:
                 waiting_said = False
                 self.say("opened the data plane under %s (generation %d)"
                          % (self.options.pin_path, self.plane.maps.config().policy_epoch))
-                self._reconcile_attachments()
+                self.attach.reconcile()
                 self._notify_ready()
                 next_tick = 0.0
             now = time.monotonic()
@@ -530,7 +330,7 @@ class Monitor:
         if self.plane.up and self.plane.maps.fd("log_events") in ready:
             self._drain_events()
         if self.events_ipr is not None and self.events_ipr.fileno() in ready:
-            self._link_events()
+            self.attach.link_events()
 
     # -- recount, expiry, pressure ----------------------------------------------------------
     def _tick(self):
@@ -574,7 +374,7 @@ class Monitor:
         if self.metrics is None:
             return
         if not self.plane.up:
-            self.metrics.publish(render_metrics({"events_written": self.events_written}))
+            self.metrics.publish(_monitor_metrics.render_metrics({"events_written": self.events_written}))
             return
         maps = self.plane.maps
         now = time.monotonic()
@@ -605,7 +405,7 @@ class Monitor:
             "tick_seconds": self.tick_seconds,
             "endpoints": self._endpoint_rows(config),
         }
-        self.metrics.publish(render_metrics(snapshot))
+        self.metrics.publish(_monitor_metrics.render_metrics(snapshot))
 
     def _learn_endpoints(self, config):
         """Keep endpoint_map's learned entries equal to what the containers' namespaces
@@ -670,7 +470,7 @@ class Monitor:
             event = _maps.LogEvent.unpack(bytes(raw[:ctypes.sizeof(_maps.LogEvent)]))
             if event.ifindex not in self.ifnames and self.ipr is not None:
                 self._refresh_ifnames()
-            line = json.dumps(event_record(event, names, self.ifnames, wall_of), sort_keys=True)
+            line = json.dumps(_monitor_events.event_record(event, names, self.ifnames, wall_of), sort_keys=True)
             if self.events is not None:
                 self.events.write(line)
             if self.options.events_to_stdout:
@@ -679,116 +479,9 @@ class Monitor:
         self.out.flush()
 
     def _refresh_ifnames(self):
-        self.ifnames = dict((link["index"], link["name"]) for link in _netlink.list_links(self.ipr))
-
-    # -- auto-attach ------------------------------------------------------------------------
-    def _selection(self):
-        opts = self.options
-        if opts.interfaces or opts.bridge:
-            return list(opts.interfaces or []), opts.bridge, list(opts.hooks)
-        meta = _loader.read_meta(opts.pin_path) or {}
-        selection = meta.get("selection") or {}
-        return (list(selection.get("interfaces") or []), selection.get("bridge"),
-                list(selection.get("hooks") or opts.hooks))
-
-    @staticmethod
-    def _wanted(link, links, patterns, bridge):
-        return _netlink.is_selected(link, links, patterns, bridge)
-
-    def _reconcile_attachments(self):
-        if not self.options.attach or self.ipr is None or not self.plane.up:
-            return
-        patterns, bridge, hooks = self._selection()
-        links = _netlink.list_links(self.ipr)
-        for link in links:
-            if self._wanted(link, links, patterns, bridge):
-                self._ensure_attached(link, hooks)
-
-    def _ensure_attached(self, link, hooks):
-        if not self.plane.programs:
-            return
-        added = []
-        try:
-            if not _netlink.has_clsact(self.ipr, link["index"]):
-                _netlink.add_clsact(self.ipr, link["index"])
-            pin_path = self.options.pin_path
-            for hook in hooks:
-                present = _netlink.hook_filters(self.ipr, link["index"], hook, pin_path)
-                if any(entry["ours"] for entry in present):
-                    continue
-                holders = [entry["held_by"] for entry in present if entry["held_by"]]
-                if holders:
-                    self.say("%s %s is held by the instance at %s: left alone"
-                             % (link["name"], hook, holders[0]))
-                    continue
-                function = _loader.HOOK_PROGRAM[hook]
-                _netlink.attach(self.ipr, link["index"], hook, self.plane.programs[function],
-                                _netlink.filter_name(function, pin_path))
-                added.append(hook)
-        except Exception as exc:  # pylint: disable=broad-except
-            # The link may vanish between the event and the attach (containers are short-lived).
-            self.say("attach to %s failed: %s" % (link["name"], exc))
-            return
-        if added:
-            self.say("attached to %s (%s)" % (link["name"], ", ".join(added)))
-            self._record_interface(link["name"], hooks, present=True)
-
-    def _record_interface(self, name, hooks, present):
-        try:
-            with _converge.HostLock(self.options.pin_path, timeout=15):
-                meta = _loader.read_meta(self.options.pin_path)
-                if meta is None:
-                    return
-                interfaces = dict(meta.get("interfaces") or {})
-                if present:
-                    interfaces[name] = sorted(hooks)
-                elif name in interfaces:
-                    del interfaces[name]
-                else:
-                    return
-                meta["interfaces"] = interfaces
-                _loader.write_meta(self.options.pin_path, meta)
-        except (OSError, _loader.LoaderError, _converge.HostLockBusy) as exc:
-            self.say("cannot record %s: %s" % (name, exc))
-
-    def _link_events(self):
-        patterns, bridge, hooks = self._selection()
-        links = None
-        while True:
-            ready, _w, _x = select.select([self.events_ipr.fileno()], [], [], 0)
-            if not ready:
-                break
-            for msg in self.events_ipr.get():
-                name = msg.get_attr("IFLA_IFNAME")
-                if msg["event"] == "RTM_DELLINK":
-                    self.ifnames.pop(msg["index"], None)
-                    self._forget_interface(msg["index"], name)
-                    continue
-                if msg["event"] != "RTM_NEWLINK" or not self.plane.up or not self.options.attach:
-                    continue
-                if links is None:
-                    links = _netlink.list_links(self.ipr)
-                link = {"index": msg["index"], "name": name,
-                        "master": msg.get_attr("IFLA_MASTER"),
-                        "kind": _link_kind(msg)}
-                if self._wanted(link, links, patterns, bridge):
-                    self._ensure_attached(link, hooks)
-
-    def _forget_interface(self, index, name):
-        if not self.plane.up:
-            return
-        try:
-            self.plane.maps.delete("endpoint_map", _maps.U32(index))
-        except OSError:
-            pass
-        if name:
-            self._record_interface(name, [], present=False)
-
-
-def _link_kind(msg):
-    info = msg.get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info else None
-
+        # In place: the auto-attach shares this dict.
+        self.ifnames.clear()
+        self.ifnames.update((link["index"], link["name"]) for link in _netlink.list_links(self.ipr))
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -809,12 +502,12 @@ def parse_args(argv=None):
                         help="count sessions but delete none")
     parser.add_argument("--log-file", default="/var/log/microseg/events.jsonl",
                         help="LOG events as JSON lines ('' disables)")
-    parser.add_argument("--log-max-bytes", type=int, default=DEFAULT_LOG_MAX_BYTES,
+    parser.add_argument("--log-max-bytes", type=int, default=_monitor_events.DEFAULT_LOG_MAX_BYTES,
                         help="rotate the log file before it grows past this many bytes; "
-                             "0 never rotates (default %d)" % DEFAULT_LOG_MAX_BYTES)
-    parser.add_argument("--log-backups", type=int, default=DEFAULT_LOG_BACKUPS,
+                             "0 never rotates (default %d)" % _monitor_events.DEFAULT_LOG_MAX_BYTES)
+    parser.add_argument("--log-backups", type=int, default=_monitor_events.DEFAULT_LOG_BACKUPS,
                         help="rotated files kept, FILE.1 the newest; 0 keeps none "
-                             "(default %d)" % DEFAULT_LOG_BACKUPS)
+                             "(default %d)" % _monitor_events.DEFAULT_LOG_BACKUPS)
     parser.add_argument("--no-events-stdout", dest="events_to_stdout", action="store_false")
     parser.add_argument("--metrics-address", default="127.0.0.1")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,

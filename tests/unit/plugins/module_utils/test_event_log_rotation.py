@@ -20,6 +20,7 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor
+from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor_events
 
 
 def record(seq):
@@ -65,7 +66,7 @@ def check_rotated(path, max_bytes, backups, written):
 
 def test_rotation_keeps_the_configured_backups(tmp_path):
     path = str(tmp_path / "events.jsonl")
-    log = _monitor.EventLog(path, max_bytes=1000, backups=3)
+    log = _monitor_events.EventLog(path, max_bytes=1000, backups=3)
     try:
         for seq in range(400):
             log.write(record(seq))
@@ -82,7 +83,7 @@ def test_rotation_keeps_the_configured_backups(tmp_path):
 
 def test_rotation_before_the_limit_is_reached_loses_nothing(tmp_path):
     path = str(tmp_path / "events.jsonl")
-    log = _monitor.EventLog(path, max_bytes=500, backups=5)
+    log = _monitor_events.EventLog(path, max_bytes=500, backups=5)
     try:
         for seq in range(25):
             log.write(record(seq))
@@ -95,7 +96,7 @@ def test_rotation_before_the_limit_is_reached_loses_nothing(tmp_path):
 
 def test_no_backups_starts_the_file_over(tmp_path):
     path = str(tmp_path / "events.jsonl")
-    log = _monitor.EventLog(path, max_bytes=300, backups=0)
+    log = _monitor_events.EventLog(path, max_bytes=300, backups=0)
     try:
         for seq in range(100):
             log.write(record(seq))
@@ -108,7 +109,7 @@ def test_no_backups_starts_the_file_over(tmp_path):
 def test_a_record_longer_than_the_limit_is_written_whole(tmp_path):
     path = str(tmp_path / "events.jsonl")
     big = json.dumps({"seq": 1, "rule": "x" * 400})
-    log = _monitor.EventLog(path, max_bytes=100, backups=2)
+    log = _monitor_events.EventLog(path, max_bytes=100, backups=2)
     try:
         log.write(json.dumps({"seq": 0}))
         log.write(big)
@@ -123,12 +124,12 @@ def test_a_record_longer_than_the_limit_is_written_whole(tmp_path):
 def test_reopen_counts_what_is_already_there(tmp_path):
     """A restarted monitor appends, and rotates at the same size as if it had not stopped."""
     path = str(tmp_path / "events.jsonl")
-    log = _monitor.EventLog(path, max_bytes=400, backups=2)
+    log = _monitor_events.EventLog(path, max_bytes=400, backups=2)
     for seq in range(5):
         log.write(record(seq))
     log.close()
     size = os.path.getsize(path)
-    log = _monitor.EventLog(path, max_bytes=400, backups=2)
+    log = _monitor_events.EventLog(path, max_bytes=400, backups=2)
     try:
         assert log.size == size
         for seq in range(5, 60):
@@ -140,7 +141,7 @@ def test_reopen_counts_what_is_already_there(tmp_path):
 
 def test_zero_max_bytes_never_rotates(tmp_path):
     path = str(tmp_path / "events.jsonl")
-    log = _monitor.EventLog(path, max_bytes=0, backups=5)
+    log = _monitor_events.EventLog(path, max_bytes=0, backups=5)
     try:
         for seq in range(200):
             log.write(record(seq))
@@ -153,7 +154,7 @@ def test_zero_max_bytes_never_rotates(tmp_path):
 
 def test_file_removed_behind_its_back(tmp_path):
     path = str(tmp_path / "events.jsonl")
-    log = _monitor.EventLog(path, max_bytes=200, backups=1)
+    log = _monitor_events.EventLog(path, max_bytes=200, backups=1)
     try:
         log.write(record(0))
         os.unlink(path)
@@ -191,7 +192,7 @@ def test_the_monitor_writes_events_through_the_rotating_log(tmp_path):
                                    "--metrics-port", "-1"])
     monitor = _monitor.Monitor(options, out=open(os.devnull, "w"))
     try:
-        monitor.events = _monitor.EventLog(path, options.log_max_bytes, options.log_backups)
+        monitor.events = _monitor_events.EventLog(path, options.log_max_bytes, options.log_backups)
         raws = [bytes(_maps.LogEvent(timestamp_ns=seq, src_ip=_maps.ip_to_u32("198.18.1.1"),
                                      dst_ip=_maps.ip_to_u32("198.18.1.2"), src_port=seq,
                                      dst_port=80, protocol=6, action=_maps.ACTION_LOG,

@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor
+from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor_events
+from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor_metrics
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 
 
@@ -77,12 +79,12 @@ def test_metrics_render_parses_with_a_prometheus_parser():
         "attached": 2, "events_written": 1, "tick_seconds": 0.01,
     }
     families = dict((f.name, f) for f in
-                    text_string_to_metric_families(_monitor.render_metrics(snapshot)))
+                    text_string_to_metric_families(_monitor_metrics.render_metrics(snapshot)))
     assert families["microseg_up"].samples[0].value == 1
     assert families["microseg_map_fill_ratio"].samples[0].value == 0.1
     rule = families["microseg_rule_hits"].samples[0]
     assert rule.labels == {"rule": 'quote"and\\slash', "policy_id": "9"} and rule.value == 5
-    down = dict((f.name, f) for f in text_string_to_metric_families(_monitor.render_metrics({})))
+    down = dict((f.name, f) for f in text_string_to_metric_families(_monitor_metrics.render_metrics({})))
     assert down["microseg_up"].samples[0].value == 0
     assert "microseg_sessions" not in down
 
@@ -92,11 +94,11 @@ def test_event_record_names_rule_ports_and_interface():
                            dst_ip=_maps.ip_to_u32("198.18.1.2"), src_port=40000, dst_port=80,
                            protocol=6, direction=_maps.DIR_INGRESS, action=_maps.ACTION_LOG,
                            reason=1, policy_id=9, ifindex=3, policy_ver=2)
-    record = _monitor.event_record(event, {9: "web-http"}, {3: "veth0"}, lambda ns: ns / 1e9)
+    record = _monitor_events.event_record(event, {9: "web-http"}, {3: "veth0"}, lambda ns: ns / 1e9)
     assert record["rule"] == "web-http" and record["verdict"] == "log"
     assert (record["src"], record["src_port"], record["dst"], record["dst_port"]) == \
         ("198.18.1.1", 40000, "198.18.1.2", 80)
     assert record["direction"] == "ingress" and record["interface"] == "veth0"
     assert record["reason"] == "reevaluate" and record["time"].startswith("1970-01-01T00:00:01")
     icmp = _maps.LogEvent(protocol=1, policy_id=1)
-    assert "src_port" not in _monitor.event_record(icmp, {}, {}, lambda ns: 0)
+    assert "src_port" not in _monitor_events.event_record(icmp, {}, {}, lambda ns: 0)
