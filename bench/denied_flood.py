@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A denied flood, two ways of holding a verdict (DESIGN.md section 2, issue 12).
+"""A denied flood, two ways of holding a verdict (docs/architecture.md section 2, issue 12).
 
 shipped:      a denied first packet creates no session; every denied packet is decided.
 alternative:  a deny entry per denied flow (compiled with -DMS_CACHE_DENIED_FLOWS), keyed

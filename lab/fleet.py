@@ -2,7 +2,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A fleet of container hosts on this one machine, reachable over real SSH (DESIGN.md §5).
+"""A fleet of container hosts on this one machine, reachable over real SSH (docs/architecture.md section 5).
 
 Host i is a network namespace msl-h<i> with its own mount namespace, in which it has its
 own bpffs at /sys/fs/bpf and private tmpfs at /run/netns, /run/lock and /run/microseg,

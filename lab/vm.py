@@ -3,7 +3,7 @@
 # Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Container hosts that are real machines: qemu guests with their own kernel, systemd and
-podman (DESIGN.md §5), the VM counterpart of lab/fleet.py.
+podman (docs/architecture.md section 5), the VM counterpart of lab/fleet.py.
 
   vm.py image                      build the guest image (or say where the cached one is)
   vm.py up [--hosts N]             build/boot N guests, start their podman containers,

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # Copyright: ebpf.microseg contributors
-"""The reference verdict model: DESIGN.md section 3, read literally.
+"""The reference verdict model: docs/architecture.md section 3, read literally.
 
 Scan every rule, keep the candidates, pick the most specific, break ties deny > log >
 allow, else the default action of the direction. Nothing clever: this is the oracle the
@@ -41,7 +41,7 @@ def rank(rule, direction, src, dst, protocol, src_port, dst_port):
     """How specific rule is for this packet (bigger wins), or None if it does not match.
 
     src and dst are ints; protocol an int; ports already 0 for portless protocols.
-    The tuple is compared left to right, exactly in the order of DESIGN.md section 3:
+    The tuple is compared left to right, exactly in the order of docs/architecture.md section 3:
     exact 5-tuple, remote prefix, local prefix, destination port, source port, protocol,
     then the action for the tie (deny > log > allow).
     """
@@ -119,7 +119,7 @@ def degraded_passes(policy, direction, src_ip, dst_ip, protocol, src_port=0, dst
     degraded (critical map pressure, or its endpoint over its session quota).
 
     The seed's degradation: allowed flows pass untracked, DNS and ICMP pass, the rest is
-    dropped. DESIGN.md section 2 narrows the passthrough: with `default_only` (the default)
+    dropped. docs/architecture.md section 2 narrows the passthrough: with `default_only` (the default)
     only a packet the default action denied passes as DNS/ICMP; a deny rule always holds.
     Untracked flows have no sessions for their replies, so a denied packet that can be a
     reply (reply_shaped: a TCP segment with ACK, UDP, an ICMP echo reply; by default, UDP)

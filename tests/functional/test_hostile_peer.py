@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The stateful core against a hostile peer (DESIGN.md section 2), on the real program.
+"""The stateful core against a hostile peer (docs/architecture.md section 2), on the real program.
 
 Container web (W) and its peer db (D). Every test asks: which packet, from which side,
 could change another flow's verdict? `dp.egress` runs the hook that sees what web sends,

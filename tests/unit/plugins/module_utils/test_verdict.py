@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # Copyright: ebpf.microseg contributors
-"""The reference model: examples for every criterion of DESIGN.md section 3, in order."""
+"""The reference model: examples for every criterion of docs/architecture.md section 3, in order."""
 
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
