@@ -24,8 +24,8 @@ import sys
 
 from ansible_collections.ebpf.microseg.bench.run import (
     DEFAULT_STREAM, fmt, median_spread, repeat_run, streamed_run, table)
-from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness import packets as P
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 
 FLOWS = 100000
 DENY_BOTH = {"egress": "deny", "ingress": "deny"}

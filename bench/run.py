@@ -24,8 +24,8 @@ import time
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness import packets as P
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 C = "198.18.1.10"
@@ -325,7 +325,7 @@ READ_BACK_ROWS = []
 def read_back_rows(dp, rounds):
     """microseg_facts and the monitor's recount with 1,000,000 live sessions."""
     from ansible_collections.ebpf.microseg.plugins.module_utils import _facts, _netlink, _sessions
-    from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc
+    from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_adhoc
     live = dp.maps.count("session_map")
     rows = []
     ipr = _netlink.open_route()
@@ -364,9 +364,9 @@ def _fresh_config(dp):
 
 
 def control_section(args):
-    from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
-    from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
-    from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
+    from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_playbook
+    from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
+    from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab
 
     lab = Lab(subnet="198.18.150", names=("a", "b", "c"))
     pin = new_pin_path("bench")

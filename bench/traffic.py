@@ -49,7 +49,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program
-from ansible_collections.ebpf.microseg.tests.functional.netlab import stop_processes
+from ansible_collections.ebpf.microseg.tests.harness.netlab import stop_processes
 from ansible_collections.ebpf.microseg.plugins.modules.microseg_program import argument_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))

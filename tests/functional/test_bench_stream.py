@@ -19,7 +19,7 @@ from ansible_collections.ebpf.microseg.bench import run as bench
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 
 
 @pytest.fixture(scope="module")
