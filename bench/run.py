@@ -23,6 +23,7 @@ import time
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.tests.harness import bpf_syscall_extra as bpfx
 from ansible_collections.ebpf.microseg.tests.harness import packets as P
 from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 from ansible_collections.ebpf.microseg.tests.harness.flow_stream import (
@@ -45,7 +46,7 @@ def fmt(ns_triplet):
 def repeat_run(dp, fd, frame, repeat, rounds):
     out = []
     for _round in range(rounds):
-        _ret, _data, duration = bpf.prog_test_run(fd, frame, repeat=repeat)
+        _ret, _data, duration = bpfx.prog_test_run(fd, frame, repeat=repeat)
         out.append(float(duration))
     return out
 
@@ -59,7 +60,7 @@ def new_flow_run(dp, fd, frames, rounds):
         reset_pressure(dp)
         total = 0
         for frame in frames:
-            _ret, _data, duration = bpf.prog_test_run(fd, frame, repeat=1)
+            _ret, _data, duration = bpfx.prog_test_run(fd, frame, repeat=1)
             total += duration
         out.append(total / float(len(frames)))
         # Forget only the probe flows: a loaded session map must stay loaded.

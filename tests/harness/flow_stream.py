@@ -16,6 +16,7 @@ import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.tests.harness import bpf_syscall_extra as bpfx
 from ansible_collections.ebpf.microseg.tests.harness import packets as P
 
 C = "198.18.1.10"
@@ -69,7 +70,7 @@ def streamed_run(dp, fd, stream, flows, rounds, forget=True):
                                            stream.sport_base)):
                 bpf.map_update(slots, struct.pack("=I", index), struct.pack("=I", value))
             reset_pressure(dp)
-            _ret, _data, duration = bpf.prog_test_run(fd, stream.frame(), repeat=flows)
+            _ret, _data, duration = bpfx.prog_test_run(fd, stream.frame(), repeat=flows)
             out.append(float(duration))
             if keys:
                 bpf.map_delete_batch(dp.maps.fd("session_map"), keys,
