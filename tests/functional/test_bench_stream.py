@@ -46,7 +46,7 @@ def test_each_repetition_is_a_new_flow_the_stream_can_name(bench_dp):
     dp.live_sessions = 0
     stream = flow_stream.FlowStream("198.18.232.0", 7, 1024, 9)   # 7 does not divide 50
     durations = flow_stream.streamed_run(dp, dp.fds["microseg_bench_new_flow"], stream, 50, 1,
-                                   forget=False)
+                                         forget=False)
     assert durations[0] > 0
     assert _session_keys(dp) == sorted(stream.session_keys(50))
     assert dp.stats()["new_sessions"] == 50
@@ -58,7 +58,8 @@ def test_forget_removes_exactly_the_streamed_sessions(bench_dp):
     dp.reset()
     dp.live_sessions = 0
     dp.egress(P.udp_frame(flow_stream.C, "198.18.2.1", 40000, 5432))   # not in the stream
-    flow_stream.streamed_run(dp, dp.fds["microseg_bench_new_flow"], flow_stream.CIDR_STREAM, 300, 2)
+    flow_stream.streamed_run(dp, dp.fds["microseg_bench_new_flow"], flow_stream.CIDR_STREAM,
+                             300, 2)
     keys = list(dp.maps.items("session_map"))
     assert len(keys) == 1
     assert _maps.u32_to_ip(keys[0][0].dst_ip) == "198.18.2.1"
@@ -71,8 +72,8 @@ def test_exact_stream_hits_one_loaded_rule_per_flow(bench_dp):
     dp.reset(default_action={"egress": "deny", "ingress": "deny"})
     dp.live_sessions = 0
     flow_stream.load_exact_rules(dp, 60)
-    flow_stream.streamed_run(dp, dp.fds["microseg_bench_new_flow"], flow_stream.EXACT_STREAM, 60, 1,
-                       forget=False)
+    flow_stream.streamed_run(dp, dp.fds["microseg_bench_new_flow"], flow_stream.EXACT_STREAM,
+                             60, 1, forget=False)
     sessions = [value for _key, value in dp.maps.items("session_map")]
     assert len(sessions) == 60
     assert set(value.policy_id for value in sessions) == set(range(1000, 1060))
@@ -83,8 +84,8 @@ def test_floor_rewrites_without_tracking(bench_dp):
     dp = bench_dp
     dp.reset()
     dp.live_sessions = 0
-    flow_stream.streamed_run(dp, dp.fds["microseg_bench_floor"], flow_stream.DEFAULT_STREAM, 100, 1,
-                       forget=False)
+    flow_stream.streamed_run(dp, dp.fds["microseg_bench_floor"], flow_stream.DEFAULT_STREAM,
+                             100, 1, forget=False)
     assert _session_keys(dp) == []
     slots = bpf.obj_get(os.path.join(dp.pin_path, "bench_flow_map"))
     try:

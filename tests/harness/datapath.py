@@ -69,7 +69,7 @@ class Datapath:
         function = "microseg_from_container" if direction == "egress" else "microseg_to_container"
         ctx = bpfx.skb_ctx(ifindex=ifindex) if ifindex else None
         retval, _out, duration = bpfx.prog_test_run(self.fds[function], frame, repeat=repeat,
-                                                   ctx_in=ctx)
+                                                    ctx_in=ctx)
         self.last_duration = duration
         return retval
 
