@@ -18,7 +18,7 @@ import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
-from ansible_collections.ebpf.microseg.tests.functional.datapath import BPF_DIR, new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.datapath import BPF_DIR, new_pin_path
 
 SIZES = {"policy_map_size": 250000, "range_map_size": 262144, "session_map_size": 65536,
          "frag_map_size": 1024, "rule_stats_size": 262144, "endpoint_map_size": 64,

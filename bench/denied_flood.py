@@ -22,10 +22,10 @@ import os
 import statistics
 import sys
 
-from ansible_collections.ebpf.microseg.bench.run import (
-    DEFAULT_STREAM, fmt, median_spread, repeat_run, streamed_run, table)
-from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.bench.run import fmt, median_spread, repeat_run, table
+from ansible_collections.ebpf.microseg.tests.harness import packets as P
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.flow_stream import DEFAULT_STREAM, streamed_run
 
 FLOWS = 100000
 DENY_BOTH = {"egress": "deny", "ingress": "deny"}

@@ -23,10 +23,10 @@ import textwrap
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
-from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
-from ansible_collections.ebpf.microseg.tests.functional.test_traffic import allow_pair
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab
+from ansible_collections.ebpf.microseg.tests.harness.monitor_process import MonitorProcess
+from ansible_collections.ebpf.microseg.tests.harness.pair_rules import allow_pair
 
 SUBNET = "198.18.111"
 TARGETS = SUBNET + ".%d"          # 200..215: static neighbours nobody owns
@@ -111,7 +111,7 @@ def _flood_udp(lab, seconds):
 
 
 def _flood_denied_syns(lab, count):
-    from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE
+    from ansible_collections.ebpf.microseg.tests.harness.netlab import PROBE
     return subprocess.Popen(["ip", "netns", "exec", lab["flood"].netns, sys.executable, PROBE,
                              "synflood", lab["server"].address, "9000", str(count)],
                             stdout=subprocess.PIPE, universal_newlines=True)

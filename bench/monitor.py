@@ -19,9 +19,9 @@ import threading
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import collections_path
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
-from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import collections_path
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.netlab import PROBE, Lab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MONITOR = os.path.join(os.path.dirname(HERE), "files", "microseg-monitor")

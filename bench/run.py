@@ -14,7 +14,6 @@ import argparse
 import ctypes
 import os
 import random
-import socket
 import statistics
 import subprocess
 import struct
@@ -24,12 +23,14 @@ import time
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness import bpf_syscall_extra as bpfx
+from ansible_collections.ebpf.microseg.tests.harness import packets as P
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.flow_stream import (
+    C, CIDR_STREAM, DEFAULT_STREAM, EXACT_STREAM, UDP, load_exact_rules, reset_pressure,
+    streamed_run)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-C = "198.18.1.10"
-UDP = 17
 
 
 def median_spread(values):
@@ -45,7 +46,7 @@ def fmt(ns_triplet):
 def repeat_run(dp, fd, frame, repeat, rounds):
     out = []
     for _round in range(rounds):
-        _ret, _data, duration = bpf.prog_test_run(fd, frame, repeat=repeat)
+        _ret, _data, duration = bpfx.prog_test_run(fd, frame, repeat=repeat)
         out.append(float(duration))
     return out
 
@@ -56,10 +57,10 @@ def new_flow_run(dp, fd, frames, rounds):
     keys = [_session_key_of(frame).pack() for frame in frames]
     out = []
     for _round in range(rounds):
-        _reset_pressure(dp)
+        reset_pressure(dp)
         total = 0
         for frame in frames:
-            _ret, _data, duration = bpf.prog_test_run(fd, frame, repeat=1)
+            _ret, _data, duration = bpfx.prog_test_run(fd, frame, repeat=1)
             total += duration
         out.append(total / float(len(frames)))
         # Forget only the probe flows: a loaded session map must stay loaded.
@@ -73,69 +74,6 @@ def _session_key_of(frame):
                             dst_ip=struct.unpack("=I", frame[30:34])[0],
                             src_port=struct.unpack("!H", frame[34:36])[0],
                             dst_port=struct.unpack("!H", frame[36:38])[0], protocol=UDP)
-
-
-class FlowStream:
-    """Flow i of the MS_BENCH entry points: UDP from C:sport_base + i // dst_count to
-    dst_base + i % dst_count, port dport (the C side computes the same in bench_next_flow)."""
-
-    def __init__(self, dst_base, dst_count, sport_base, dport):
-        self.dst_base = struct.unpack("!I", socket.inet_aton(dst_base))[0]   # host order
-        self.dst_count, self.sport_base, self.dport = dst_count, sport_base, dport
-
-    def flow_numbers(self, i):
-        """(destination as a host-order number, source port) of flow i."""
-        return self.dst_base + i % self.dst_count, self.sport_base + i // self.dst_count
-
-    def flow(self, i):
-        dst, sport = self.flow_numbers(i)
-        return socket.inet_ntoa(struct.pack("!I", dst)), sport
-
-    def frame(self, i=0):
-        dst, sport = self.flow(i)
-        return P.udp_frame(C, dst, sport, self.dport)
-
-    def session_keys(self, count):
-        key = _maps.SessionKey(src_ip=_maps.ip_to_u32(C), dst_port=self.dport, protocol=UDP)
-        out = []
-        for i in range(count):
-            dst, key.src_port = self.flow_numbers(i)
-            key.dst_ip = struct.unpack("=I", struct.pack("!I", dst))[0]
-            out.append(key.pack())
-        return out
-
-
-# The three new-flow paths, in address space no other bench entry touches.
-EXACT_STREAM = FlowStream("198.18.128.0", 25000, 20000, 5432)   # one exact rule per flow
-CIDR_STREAM = FlowStream("198.18.64.0", 16384, 30000, 53)       # inside 198.18.64.0/18
-DEFAULT_STREAM = FlowStream("198.18.232.0", 4096, 1024, 9)      # matches no rule
-
-
-def streamed_run(dp, fd, stream, flows, rounds, forget=True):
-    """One PROG_TEST_RUN of repeat=flows per round, each repetition a new flow of stream."""
-    slots = bpf.obj_get(os.path.join(dp.pin_path, "bench_flow_map"))
-    keys = stream.session_keys(flows) if forget else []
-    out = []
-    try:
-        for _round in range(rounds):
-            for index, value in enumerate((0, stream.dst_base, stream.dst_count,
-                                           stream.sport_base)):
-                bpf.map_update(slots, struct.pack("=I", index), struct.pack("=I", value))
-            _reset_pressure(dp)
-            _ret, _data, duration = bpf.prog_test_run(fd, stream.frame(), repeat=flows)
-            out.append(float(duration))
-            if keys:
-                bpf.map_delete_batch(dp.maps.fd("session_map"), keys,
-                                     ctypes.sizeof(_maps.SessionKey))
-    finally:
-        bpf.close(slots)
-    return out
-
-
-def _reset_pressure(dp):
-    """Pressure as the monitor would have left it: the live count, nothing else."""
-    live = getattr(dp, "live_sessions", 0)
-    dp.maps.write_pressure(_maps.MapPressure(total_sessions=live, last_check=time.monotonic_ns()))
 
 
 def _on_each_cpu(chunks, write):
@@ -155,17 +93,6 @@ def _on_each_cpu(chunks, write):
             write(chunk)
     finally:
         os.sched_setaffinity(0, saved)
-
-
-def load_exact_rules(dp, count):
-    pairs = []
-    for i in range(count):
-        dst, sport = EXACT_STREAM.flow(i)
-        key = _maps.PolicyKey(src_ip=_maps.ip_to_u32(C), dst_ip=_maps.ip_to_u32(dst),
-                              src_port=sport, dst_port=EXACT_STREAM.dport, protocol=UDP,
-                              direction=0, policy_set=dp.policy_set)
-        pairs.append((key, _maps.PolicyValue(policy_id=1000 + i, action=0)))
-    dp.maps.update_many("policy_map", pairs)
 
 
 def load_cidr_rules(dp, count):
@@ -325,7 +252,7 @@ READ_BACK_ROWS = []
 def read_back_rows(dp, rounds):
     """microseg_facts and the monitor's recount with 1,000,000 live sessions."""
     from ansible_collections.ebpf.microseg.plugins.module_utils import _facts, _netlink, _sessions
-    from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc
+    from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_adhoc
     live = dp.maps.count("session_map")
     rows = []
     ipr = _netlink.open_route()
@@ -364,9 +291,9 @@ def _fresh_config(dp):
 
 
 def control_section(args):
-    from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
-    from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
-    from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
+    from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_playbook
+    from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
+    from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab
 
     lab = Lab(subnet="198.18.150", names=("a", "b", "c"))
     pin = new_pin_path("bench")

@@ -49,8 +49,8 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program
-from ansible_collections.ebpf.microseg.tests.functional.netlab import stop_processes
-from ansible_collections.ebpf.microseg.plugins.modules.microseg_program import argument_spec
+from ansible_collections.ebpf.microseg.tests.harness.module_params import program_defaults
+from ansible_collections.ebpf.microseg.tests.harness.netlab import stop_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -269,7 +269,7 @@ class Microseg:
 
     def __init__(self):
         self.pin_path = "/sys/fs/bpf/msb_bench_%d" % os.getpid()
-        self.params = dict((key, spec.get("default")) for key, spec in argument_spec().items())
+        self.params = program_defaults()
         self.params.update({
             "interfaces": [CLIENT["veth"], SERVER["veth"]],
             "pin_path": self.pin_path,

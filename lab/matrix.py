@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 FLEET = os.path.join(HERE, "fleet.py")
 VM = os.path.join(HERE, "vm.py")
-PROBE = os.path.join(ROOT, "tests", "functional", "netprobe.py")
+PROBE = os.path.join(ROOT, "tests", "harness", "netprobe.py")
 # In a VM guest's podman containers (lab/vm.py): the probe is mounted at /netprobe.py and
 # each container already serves every service from its start.
 VM_PROBE = "/netprobe.py"

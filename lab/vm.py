@@ -30,7 +30,7 @@ allowed here), SSH forwarded from 127.0.0.1 only, its serial console in
 <state>/vm<i>/console.log, and a podman network `msnet` (198.18.<120+i>.0/24, on the bridge
 podman names, written to the inventory as microseg_bridge) with containers web, db and other. The containers are made from a local root (no registry):
 the guest's /usr mounted read-only, so they run the guest's python3 echo servers
-(tcp/5432, tcp/80, udp/53 from tests/functional/netprobe.py).
+(tcp/5432, tcp/80, udp/53 from tests/harness/netprobe.py).
 
 Every address is in 198.18.0.0/15; nothing outside the state and cache directories and the
 qemu processes it started (by pid) is touched.

@@ -22,7 +22,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 FLEET = os.path.join(ROOT, "lab", "fleet.py")
-PROBE = os.path.join(ROOT, "tests", "functional", "netprobe.py")
+PROBE = os.path.join(ROOT, "tests", "harness", "netprobe.py")
 
 # (source host, source container, destination host, destination container, port, kept?)
 FLOWS = [

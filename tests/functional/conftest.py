@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath, pin_prefix
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath, pin_prefix
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,8 +3,9 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The MS_BENCH build that bench/run.py measures new flows with.
 
-bench_next_flow (C) and FlowStream (Python) must name the same flows, or the bench would
-measure session hits, or rules that never match, while calling them new flows.
+bench_next_flow (C) and FlowStream (Python, tests/harness/flow_stream.py) must name the same
+flows, or the bench would measure session hits, or rules that never match, while calling
+them new flows.
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -15,11 +16,12 @@ import struct
 
 import pytest
 
-from ansible_collections.ebpf.microseg.bench import run as bench
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness import flow_stream
+from ansible_collections.ebpf.microseg.tests.harness import packets as P
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +44,9 @@ def test_each_repetition_is_a_new_flow_the_stream_can_name(bench_dp):
     dp = bench_dp
     dp.reset()
     dp.live_sessions = 0
-    stream = bench.FlowStream("198.18.232.0", 7, 1024, 9)   # 7 does not divide 50
-    durations = bench.streamed_run(dp, dp.fds["microseg_bench_new_flow"], stream, 50, 1,
-                                   forget=False)
+    stream = flow_stream.FlowStream("198.18.232.0", 7, 1024, 9)   # 7 does not divide 50
+    durations = flow_stream.streamed_run(dp, dp.fds["microseg_bench_new_flow"], stream, 50, 1,
+                                         forget=False)
     assert durations[0] > 0
     assert _session_keys(dp) == sorted(stream.session_keys(50))
     assert dp.stats()["new_sessions"] == 50
@@ -55,8 +57,9 @@ def test_forget_removes_exactly_the_streamed_sessions(bench_dp):
     dp = bench_dp
     dp.reset()
     dp.live_sessions = 0
-    dp.egress(bench.P.udp_frame(bench.C, "198.18.2.1", 40000, 5432))   # not in the stream
-    bench.streamed_run(dp, dp.fds["microseg_bench_new_flow"], bench.CIDR_STREAM, 300, 2)
+    dp.egress(P.udp_frame(flow_stream.C, "198.18.2.1", 40000, 5432))   # not in the stream
+    flow_stream.streamed_run(dp, dp.fds["microseg_bench_new_flow"], flow_stream.CIDR_STREAM,
+                             300, 2)
     keys = list(dp.maps.items("session_map"))
     assert len(keys) == 1
     assert _maps.u32_to_ip(keys[0][0].dst_ip) == "198.18.2.1"
@@ -68,9 +71,9 @@ def test_exact_stream_hits_one_loaded_rule_per_flow(bench_dp):
     dp = bench_dp
     dp.reset(default_action={"egress": "deny", "ingress": "deny"})
     dp.live_sessions = 0
-    bench.load_exact_rules(dp, 60)
-    bench.streamed_run(dp, dp.fds["microseg_bench_new_flow"], bench.EXACT_STREAM, 60, 1,
-                       forget=False)
+    flow_stream.load_exact_rules(dp, 60)
+    flow_stream.streamed_run(dp, dp.fds["microseg_bench_new_flow"], flow_stream.EXACT_STREAM,
+                             60, 1, forget=False)
     sessions = [value for _key, value in dp.maps.items("session_map")]
     assert len(sessions) == 60
     assert set(value.policy_id for value in sessions) == set(range(1000, 1060))
@@ -81,8 +84,8 @@ def test_floor_rewrites_without_tracking(bench_dp):
     dp = bench_dp
     dp.reset()
     dp.live_sessions = 0
-    bench.streamed_run(dp, dp.fds["microseg_bench_floor"], bench.DEFAULT_STREAM, 100, 1,
-                       forget=False)
+    flow_stream.streamed_run(dp, dp.fds["microseg_bench_floor"], flow_stream.DEFAULT_STREAM,
+                             100, 1, forget=False)
     assert _session_keys(dp) == []
     slots = bpf.obj_get(os.path.join(dp.pin_path, "bench_flow_map"))
     try:

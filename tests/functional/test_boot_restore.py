@@ -22,10 +22,10 @@ import pytest
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import (
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import (
     collections_path, run_playbook)
-from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
+from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab
 
 RESTORE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "files", "microseg-restore")

@@ -16,8 +16,8 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import collections_path
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import collections_path
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 
 # A program run that only rewrites its config fields: _program.apply, the module's own path.
 PROGRAM_RUN = textwrap.dedent("""

@@ -18,8 +18,8 @@ import pytest
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._ringbuf import RingBuffer
-from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness import packets as P
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 
 C, R, R2 = "198.18.1.10", "198.18.2.20", "198.18.3.30"
 TCP, UDP, ICMP = 6, 17, 1

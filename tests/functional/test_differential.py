@@ -3,7 +3,7 @@
 # Copyright: ebpf.microseg contributors
 """The real kernel's verdict equals the reference model's, packet by packet.
 
-Hypothesis draws colliding rule sets (the strategies of the compiler's unit test) and
+Hypothesis draws colliding rule sets (the strategies the compiler's unit test uses too) and
 packets aimed at their boundaries. Each rule set is compiled into the active policy set of
 the real program, a second random rule set into the inactive one (it must never be seen),
 and every packet runs through BPF_PROG_TEST_RUN as the first packet of its flow. Allow and
@@ -30,9 +30,9 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import normalize
 from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import (
     PASSTHROUGH_MODES, degraded_passes, verdict)
-from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.datapath import TC_ACT_OK, Datapath
-from ansible_collections.ebpf.microseg.tests.unit.plugins.module_utils.test_compiler import (
+from ansible_collections.ebpf.microseg.tests.harness import packets as P
+from ansible_collections.ebpf.microseg.tests.harness.datapath import TC_ACT_OK, Datapath
+from ansible_collections.ebpf.microseg.tests.harness.policy_strategies import (
     build_policy, policy_and_packets, policy_docs)
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "differential_corpus.json")

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc, run_playbook
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath, new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab, ifindex
-from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_adhoc, run_playbook
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath, new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab, ifindex
+from ansible_collections.ebpf.microseg.tests.harness.monitor_process import MonitorProcess
 
 SUBNET = "198.18.110"
 

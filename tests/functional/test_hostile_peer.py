@@ -18,8 +18,8 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
-from ansible_collections.ebpf.microseg.tests.functional import packets as P
-from ansible_collections.ebpf.microseg.tests.functional.netlab import ifindex, sh
+from ansible_collections.ebpf.microseg.tests.harness import packets as P
+from ansible_collections.ebpf.microseg.tests.harness.netlab import ifindex, sh
 
 W, D, ROUTER, OTHER = "198.18.1.10", "198.18.2.10", "198.18.9.1", "198.18.1.11"
 TCP, UDP, ICMP = 6, 17, 1

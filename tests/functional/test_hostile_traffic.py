@@ -16,10 +16,10 @@ import time
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
-from ansible_collections.ebpf.microseg.tests.functional.netlab import (
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.netlab import (
     PROBE, Lab, ifindex, sh, stop_processes)
-from ansible_collections.ebpf.microseg.tests.functional.test_traffic import allow_pair
+from ansible_collections.ebpf.microseg.tests.harness.pair_rules import allow_pair
 
 SUBNET = "198.18.106"
 GHOST = SUBNET + ".99"            # a static neighbour nobody owns: SYNs to it stay SYN_SENT

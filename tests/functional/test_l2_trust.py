@@ -22,8 +22,8 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _endpoints
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab, ifindex
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab, ifindex
 
 SUBNET = "198.18.108"
 GHOST = SUBNET + ".99"

@@ -13,7 +13,6 @@ The fleet's names and addresses are fixed, so the test is skipped while a lab is
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,30 +20,12 @@ import time
 
 import pytest
 
-from ansible_collections.ebpf.microseg.tests.functional import ansible_runner
+from ansible_collections.ebpf.microseg.tests.harness import ansible_runner
+from ansible_collections.ebpf.microseg.tests.harness.lab_fleet import fleet_mod, lab_is_up
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-NETPROBE = os.path.join(HERE, "netprobe.py")
-
-
-def _load_fleet():
-    spec = importlib.util.spec_from_file_location("microseg_lab_fleet",
-                                                  os.path.join(ROOT, "lab", "fleet.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fleet_mod = _load_fleet()
-
-
-def _lab_is_up():
-    netns = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
-                           universal_newlines=True, check=False).stdout
-    link = subprocess.run(["ip", "link", "show", fleet_mod.MGMT_BRIDGE], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, check=False)
-    return link.returncode == 0 or "msl-h" in netns
+NETPROBE = os.path.join(ROOT, "tests", "harness", "netprobe.py")
 
 
 def _lab_links():
@@ -68,7 +49,7 @@ def _pids_alive(pids):
 
 @pytest.fixture
 def fleet(tmp_path):
-    if _lab_is_up():
+    if lab_is_up():
         pytest.skip("a lab fleet is up (mslab0 / msl-h*): run `lab/fleet.py down` first")
     lab = fleet_mod.Fleet(str(tmp_path / "state"), str(tmp_path / "inventory" / "hosts.yml"))
     try:

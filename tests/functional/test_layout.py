@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.datapath import BPF_DIR
+from ansible_collections.ebpf.microseg.tests.harness.datapath import BPF_DIR
 
 HEADER = os.path.join(BPF_DIR, "microseg.h")
 

@@ -11,7 +11,7 @@ import os
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
 
 # session_value before it learned its endpoint (ifindex): 64 bytes.
 OLD_VALUE_SIZE = 64

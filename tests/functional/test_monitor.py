@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath, new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
-from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab, ifindex
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_playbook
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath, new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.monitor_process import MonitorProcess
+from ansible_collections.ebpf.microseg.tests.harness.netlab import PROBE, Lab, ifindex
 
 SUBNET = "198.18.103"
 GHOST = SUBNET + ".99"          # a static neighbour nobody owns: SYNs to it stay SYN_SENT
@@ -251,7 +251,7 @@ def test_new_veth_is_filtered_within_a_second(monitored):
     assert late.probe("tcp", lab["db"].address, 5432) == "fail"
     assert stats(pin)["denied_packets"] > denied_before
     # Removal: bookkeeping forgets the interface.
-    from ansible_collections.ebpf.microseg.tests.functional.netlab import sh
+    from ansible_collections.ebpf.microseg.tests.harness.netlab import sh
     sh("ip", "link", "del", late.host_if)
     deadline = time.monotonic() + 2.0
     while late.host_if in (_loader.read_meta(pin) or {}).get("interfaces", {}):
@@ -331,7 +331,7 @@ def test_waits_for_pins_survives_their_removal_and_stops_on_sigterm():
 
 
 def test_facts_name_rule_hits_versions_and_drift(monitored):
-    from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc
+    from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_adhoc
     lab, pin, _monitor = monitored
     web, db = lab["web"], lab["db"]
     for _attempt in range(2):

@@ -13,10 +13,10 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
-from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
-from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_playbook
+from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab
+from ansible_collections.ebpf.microseg.tests.harness.monitor_process import MonitorProcess
 
 TICK = 0.25
 

@@ -18,10 +18,10 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import (
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import (
     collections_path, run_playbook)
-from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab
+from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.netlab import PROBE, Lab
 
 SIZES = {"policy_map_size": 200000, "range_map_size": 8192, "session_map_size": 16384}
 

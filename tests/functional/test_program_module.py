@@ -19,9 +19,9 @@ import pytest
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc, run_playbook
-from ansible_collections.ebpf.microseg.tests.functional.datapath import BPF_DIR, new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_adhoc, run_playbook
+from ansible_collections.ebpf.microseg.tests.harness.datapath import BPF_DIR, new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab
 
 SMALL = {"policy_map_size": 2048, "range_map_size": 1024, "session_map_size": 16384}
 

@@ -24,10 +24,10 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.action.microseg_program import read_bpf_sources
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
-from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
-from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_playbook
+from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.monitor_process import MonitorProcess
+from ansible_collections.ebpf.microseg.tests.harness.netlab import PROBE, Lab
 
 SMALL = {"policy_map_size": 2048, "range_map_size": 1024, "session_map_size": 16384}
 HOOKS = ("ingress", "egress")

@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from ansible_collections.ebpf.microseg.tests.functional import ansible_runner
-from ansible_collections.ebpf.microseg.tests.functional.test_lab_fleet import _lab_is_up, fleet_mod
+from ansible_collections.ebpf.microseg.tests.harness import ansible_runner
+from ansible_collections.ebpf.microseg.tests.harness.lab_fleet import fleet_mod, lab_is_up
 
 HOST = "h1"
 VETH = "msra0"
@@ -62,7 +62,7 @@ print(json.dumps({"paths": paths, "units": sorted(units), "fstab": fstab, "mount
 
 @pytest.fixture
 def lab_host(tmp_path):
-    if _lab_is_up():
+    if lab_is_up():
         pytest.skip("a lab fleet is up (mslab0 / msl-h*): run `lab/fleet.py down` first")
     lab = fleet_mod.Fleet(str(tmp_path / "state"), str(tmp_path / "inventory" / "hosts.yml"))
     try:

@@ -22,7 +22,7 @@ import tempfile
 
 import yaml
 
-from ansible_collections.ebpf.microseg.tests.functional import ansible_runner
+from ansible_collections.ebpf.microseg.tests.harness import ansible_runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))

@@ -16,7 +16,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 
 # More than two 8,192-entry batches, so the scans cross batch boundaries.
 SESSIONS = 20000

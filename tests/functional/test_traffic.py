@@ -16,8 +16,9 @@ import time
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath
-from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab
+from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
+from ansible_collections.ebpf.microseg.tests.harness.netlab import PROBE, Lab
+from ansible_collections.ebpf.microseg.tests.harness.pair_rules import allow_pair
 
 TCP, UDP, ICMP = 6, 17, 1
 DENY_BOTH = {"egress": "deny", "ingress": "deny"}
@@ -48,23 +49,6 @@ def net(attached):
     lab, dp = attached
     dp.reset()
     return lab, dp
-
-
-def allow_pair(dp, client, server, port, proto=TCP):
-    """Both programs a flow crosses: the client's egress and the server's ingress.
-
-    Class ids are derived from the addresses so several ports can share a pair.
-    """
-    c_octet = int(client.address.rsplit(".", 1)[1])
-    s_octet = int(server.address.rsplit(".", 1)[1])
-    egress_remote, egress_local = 100000 + s_octet, 200000 + c_octet * 256 + s_octet
-    ingress_remote, ingress_local = 300000 + c_octet, 400000 + s_octet * 256 + c_octet
-    dp.add_remote_cidr(server.address + "/32", "egress", next_class=egress_remote)
-    dp.add_local_cidr(egress_remote, client.address + "/32", next_class=egress_local)
-    dp.add_port_block(egress_local, proto, port, 16, "allow", policy_id=port)
-    dp.add_remote_cidr(client.address + "/32", "ingress", next_class=ingress_remote)
-    dp.add_local_cidr(ingress_remote, server.address + "/32", next_class=ingress_local)
-    dp.add_port_block(ingress_local, proto, port, 16, "allow", policy_id=port)
 
 
 def test_default_allow_passes_tcp_udp_icmp(net):

@@ -16,10 +16,10 @@ import time
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_adhoc, run_playbook
-from ansible_collections.ebpf.microseg.tests.functional.datapath import new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.netlab import Lab, sh
-from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_adhoc, run_playbook
+from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
+from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab, sh
+from ansible_collections.ebpf.microseg.tests.harness.monitor_process import MonitorProcess
 
 
 def fake_link(name, index, kind, master=None, peer_netnsid=None):

@@ -21,7 +21,7 @@ import tempfile
 
 import pytest
 
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import (
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import (
     collections_path, run_playbook)
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.tests.harness import bpf_syscall_extra as bpfx
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bpf(2) needs root")
 
@@ -131,14 +132,14 @@ LAYOUTS = [
     (bpf._MapCreateAttr, "union bpf_attr", "", None),
     (bpf._MapElemAttr, "union bpf_attr", "", None),
     (bpf._MapBatchAttr, "union bpf_attr", "batch.", None),
-    (bpf._ProgLoadAttr, "union bpf_attr", "", None),
+    (bpfx._ProgLoadAttr, "union bpf_attr", "", None),
     (bpf._ObjAttr, "union bpf_attr", "", None),
-    (bpf._TestRunAttr, "union bpf_attr", "test.", None),
-    (bpf._GetIdAttr, "union bpf_attr", "", None),
+    (bpfx._TestRunAttr, "union bpf_attr", "test.", None),
+    (bpfx._GetIdAttr, "union bpf_attr", "", None),
     (bpf._InfoAttr, "union bpf_attr", "info.", None),
     (bpf._MapInfo, "struct bpf_map_info", "", "struct bpf_map_info"),
     (bpf._ProgInfo, "struct bpf_prog_info", "", "struct bpf_prog_info"),
-    (bpf._SkBuff, "struct __sk_buff", "", "struct __sk_buff"),
+    (bpfx._SkBuff, "struct __sk_buff", "", "struct __sk_buff"),
 ]
 
 
@@ -186,13 +187,13 @@ def test_layouts_match_the_c_compiler():
 def test_attr_sizes():
     assert ctypes.sizeof(bpf._MapElemAttr) == 32
     assert ctypes.sizeof(bpf._MapBatchAttr) == 56
-    assert ctypes.sizeof(bpf._TestRunAttr) == 80
+    assert ctypes.sizeof(bpfx._TestRunAttr) == 80
     assert ctypes.sizeof(bpf._MapInfo) == 88
     assert ctypes.sizeof(bpf._ProgInfo) == 232
 
 
 def test_skb_ctx():
-    ctx = bpf.skb_ctx(ifindex=7, mark=0xabcd)
+    ctx = bpfx.skb_ctx(ifindex=7, mark=0xabcd)
     assert len(ctx) == SIZEOF_SKB
     assert struct.unpack_from("=I", ctx, SKB_IFINDEX_OFFSET)[0] == 7
     assert struct.unpack_from("=I", ctx, SKB_MARK_OFFSET)[0] == 0xabcd
@@ -250,25 +251,25 @@ def test_hash_crud_and_info(fds):
     assert info["id"] > 0
 
     assert bpf.map_lookup(fd, u32(1), 8) is None
-    assert bpf.map_next_key(fd, None, 4) is None
+    assert bpfx.map_next_key(fd, None, 4) is None
     bpf.map_update(fd, u32(1), u64(100))
-    bpf.map_update(fd, u32(2), u64(200), bpf.BPF_NOEXIST)
+    bpf.map_update(fd, u32(2), u64(200), bpfx.BPF_NOEXIST)
     assert bpf.map_lookup(fd, u32(1), 8) == u64(100)
 
     with pytest.raises(bpf.BpfError) as caught:
-        bpf.map_update(fd, u32(1), u64(1), bpf.BPF_NOEXIST)
+        bpf.map_update(fd, u32(1), u64(1), bpfx.BPF_NOEXIST)
     assert caught.value.errno == errno.EEXIST
     with pytest.raises(bpf.BpfError) as caught:
-        bpf.map_update(fd, u32(9), u64(1), bpf.BPF_EXIST)
+        bpf.map_update(fd, u32(9), u64(1), bpfx.BPF_EXIST)
     assert caught.value.errno == errno.ENOENT
-    bpf.map_update(fd, u32(1), u64(101), bpf.BPF_EXIST)
+    bpf.map_update(fd, u32(1), u64(101), bpfx.BPF_EXIST)
     assert bpf.map_lookup(fd, u32(1), 8) == u64(101)
 
     keys = []
-    key = bpf.map_next_key(fd, None, 4)
+    key = bpfx.map_next_key(fd, None, 4)
     while key is not None:
         keys.append(key)
-        key = bpf.map_next_key(fd, key, 4)
+        key = bpfx.map_next_key(fd, key, 4)
     assert sorted(keys) == [u32(1), u32(2)]
 
     assert bpf.map_delete(fd, u32(1)) is True
@@ -302,10 +303,10 @@ def test_lpm_trie_longest_prefix(fds):
     assert bpf.map_lookup(fd, lpm_key(32, "11.0.0.1"), 4) is None
 
     keys = []
-    key = bpf.map_next_key(fd, None, 8)
+    key = bpfx.map_next_key(fd, None, 8)
     while key is not None:
         keys.append(key)
-        key = bpf.map_next_key(fd, key, 8)
+        key = bpfx.map_next_key(fd, key, 8)
     assert sorted(keys) == sorted([lpm_key(8, "10.0.0.0"), lpm_key(16, "10.1.0.0")])
 
     assert bpf.map_delete(fd, lpm_key(16, "10.1.0.0")) is True
@@ -462,7 +463,7 @@ def test_pin_and_obj_get(fds, pin_dir):
     bpf.map_update(fd, u32(7), u64(77))
     assert bpf.map_lookup(again, u32(7), 8) == u64(77)
 
-    readonly = fds.add(bpf.obj_get(path, bpf.BPF_F_RDONLY))
+    readonly = fds.add(bpf.obj_get(path, bpfx.BPF_F_RDONLY))
     assert bpf.map_lookup(readonly, u32(7), 8) == u64(77)
     with pytest.raises(bpf.BpfError) as caught:
         bpf.map_update(readonly, u32(8), u64(8))
@@ -502,12 +503,12 @@ def test_ensure_bpffs_mounts_where_there_is_none():
 def test_map_ids_and_fd_by_id(fds):
     fd = fds.add(bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0, "bpfsys_id"))
     map_id = bpf.map_info(fd)["id"]
-    assert map_id in list(bpf.map_ids())
-    assert bpf.map_next_id(map_id - 1) is not None
-    other = fds.add(bpf.map_get_fd_by_id(map_id))
+    assert map_id in list(bpfx.map_ids())
+    assert bpfx.map_next_id(map_id - 1) is not None
+    other = fds.add(bpfx.map_get_fd_by_id(map_id))
     assert bpf.map_info(other)["name"] == "bpfsys_id"
     with pytest.raises(bpf.BpfError) as caught:
-        bpf.map_get_fd_by_id(0xfffffff0)
+        bpfx.map_get_fd_by_id(0xfffffff0)
     assert caught.value.errno == errno.ENOENT
 
 
@@ -517,28 +518,28 @@ RETURN_2 = insn(MOV64_IMM, dst=0, imm=2) + insn(EXIT)
 
 
 def test_prog_load_and_test_run(fds):
-    fd = fds.add(bpf.prog_load_raw(bpf.BPF_PROG_TYPE_SCHED_CLS, RETURN_2, name="bpfsys_ret2"))
-    retval, out, duration = bpf.prog_test_run(fd, frame(), repeat=100)
+    fd = fds.add(bpfx.prog_load_raw(bpfx.BPF_PROG_TYPE_SCHED_CLS, RETURN_2, name="bpfsys_ret2"))
+    retval, out, duration = bpfx.prog_test_run(fd, frame(), repeat=100)
     assert retval == 2
     assert duration > 0
     assert out == frame()       # tc programs see (and hand back) the whole L2 frame
 
     info = bpf.prog_info(fd)
-    assert info["type"] == bpf.BPF_PROG_TYPE_SCHED_CLS
+    assert info["type"] == bpfx.BPF_PROG_TYPE_SCHED_CLS
     assert info["name"] == "bpfsys_ret2"
     assert len(info["tag"]) == 16
     int(info["tag"], 16)
     assert info["load_time"] > 0
     assert info["created_by_uid"] == 0
     assert info["nr_map_ids"] == 0 and info["map_ids"] == []
-    assert info["id"] in list(bpf.prog_ids())
-    other = fds.add(bpf.prog_get_fd_by_id(info["id"]))
+    assert info["id"] in list(bpfx.prog_ids())
+    other = fds.add(bpfx.prog_get_fd_by_id(info["id"]))
     assert bpf.prog_info(other)["tag"] == info["tag"]
 
 
 def test_socket_filter_test_run(fds):
-    fd = fds.add(bpf.prog_load_raw(bpf.BPF_PROG_TYPE_SOCKET_FILTER, RETURN_2))
-    retval, out, duration = bpf.prog_test_run(fd, frame(), repeat=100)
+    fd = fds.add(bpfx.prog_load_raw(bpfx.BPF_PROG_TYPE_SOCKET_FILTER, RETURN_2))
+    retval, out, duration = bpfx.prog_test_run(fd, frame(), repeat=100)
     assert (retval, len(out)) == (2, len(frame()))
     assert duration > 0
 
@@ -546,10 +547,10 @@ def test_socket_filter_test_run(fds):
 def test_tc_program_sees_skb_ctx(fds):
     """A sched_cls program returning skb->mark: proves the context reaches the program."""
     code = insn(LDX_W, dst=0, src=1, off=SKB_MARK_OFFSET) + insn(EXIT)
-    fd = fds.add(bpf.prog_load_raw(bpf.BPF_PROG_TYPE_SCHED_CLS, code, name="bpfsys_mark"))
-    retval, _out, _duration = bpf.prog_test_run(fd, frame(), ctx_in=bpf.skb_ctx(ifindex=1, mark=0x5a5a))
+    fd = fds.add(bpfx.prog_load_raw(bpfx.BPF_PROG_TYPE_SCHED_CLS, code, name="bpfsys_mark"))
+    retval, _out, _duration = bpfx.prog_test_run(fd, frame(), ctx_in=bpfx.skb_ctx(ifindex=1, mark=0x5a5a))
     assert retval == 0x5a5a
-    retval, _out, _duration = bpf.prog_test_run(fd, frame())
+    retval, _out, _duration = bpfx.prog_test_run(fd, frame())
     assert retval == 0
 
 
@@ -558,7 +559,7 @@ def test_prog_info_lists_maps(fds):
     map_id = bpf.map_info(map_fd)["id"]
     code = (insn(LD_IMM64, dst=1, src=PSEUDO_MAP_FD, imm=map_fd) + insn(0)
             + insn(MOV64_IMM, dst=0, imm=0) + insn(EXIT))
-    fd = fds.add(bpf.prog_load_raw(bpf.BPF_PROG_TYPE_SOCKET_FILTER, code))
+    fd = fds.add(bpfx.prog_load_raw(bpfx.BPF_PROG_TYPE_SOCKET_FILTER, code))
     info = bpf.prog_info(fd)
     assert info["nr_map_ids"] == 1
     assert info["map_ids"] == [map_id]
@@ -566,7 +567,7 @@ def test_prog_info_lists_maps(fds):
 
 def test_verifier_rejection_carries_log():
     with pytest.raises(bpf.BpfError) as caught:
-        bpf.prog_load_raw(bpf.BPF_PROG_TYPE_SOCKET_FILTER, insn(MOV64_IMM, dst=0, imm=0))
+        bpfx.prog_load_raw(bpfx.BPF_PROG_TYPE_SOCKET_FILTER, insn(MOV64_IMM, dst=0, imm=0))
     exc = caught.value
     assert exc.command == "BPF_PROG_LOAD"
     assert exc.errno in (errno.EINVAL, errno.EACCES)

@@ -13,6 +13,7 @@ import uuid
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.tests.harness import bpf_syscall_extra as bpfx
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BPF_DIR = os.path.join(REPO, "files", "bpf")
@@ -66,9 +67,9 @@ class Datapath:
     # -- running packets -------------------------------------------------------------
     def run(self, frame, direction, repeat=1, ifindex=0):
         function = "microseg_from_container" if direction == "egress" else "microseg_to_container"
-        ctx = bpf.skb_ctx(ifindex=ifindex) if ifindex else None
-        retval, _out, duration = bpf.prog_test_run(self.fds[function], frame, repeat=repeat,
-                                                   ctx_in=ctx)
+        ctx = bpfx.skb_ctx(ifindex=ifindex) if ifindex else None
+        retval, _out, duration = bpfx.prog_test_run(self.fds[function], frame, repeat=repeat,
+                                                    ctx_in=ctx)
         self.last_duration = duration
         return retval
 

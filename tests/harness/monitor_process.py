@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import collections_path
+from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import collections_path
 
 MONITOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "files",
                        "microseg-monitor")
