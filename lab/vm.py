@@ -54,7 +54,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-NETPROBE = os.path.join(ROOT, "tests", "functional", "netprobe.py")
+NETPROBE = os.path.join(ROOT, "tests", "harness", "netprobe.py")
 
 SUITE = "bookworm"
 IMAGE_SIZE = "6G"
