@@ -483,6 +483,7 @@ class Monitor:
         self.ifnames.clear()
         self.ifnames.update((link["index"], link["name"]) for link in _netlink.list_links(self.ipr))
 
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="microseg-monitor",

@@ -10,6 +10,7 @@ __metaclass__ = type
 import socket
 import threading
 
+
 def _label(value):
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 

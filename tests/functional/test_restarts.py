@@ -189,9 +189,15 @@ def test_no_port_is_unfiltered_and_the_flow_survives_restarts_and_an_upgrade(hos
         ids_before = set(sampler.program_ids)
         upgrade = run_playbook([program_task(lab, pin, newer_source())])
         assert upgrade.rc == 0, upgrade.stdout
-        actions = [a["action"] for a in upgrade.task()["actions"]]
-        assert "compile" in actions and "replace" in actions, actions
-        assert "detach" not in actions and "migrate_maps" not in actions, actions
+        actions = upgrade.task()["actions"]
+        kinds = [a["action"] for a in actions]
+        assert "compile" in kinds and "migrate_maps" not in kinds, actions
+        # Every port's filters replaced in place, none detached first.
+        ours = sorted(c.host_if for c in lab.containers.values())
+        assert sorted(a["interface"] for a in actions if a["action"] == "replace") == \
+            sorted(ours * len(HOOKS)), actions
+        assert not [a for a in actions if a.get("interface") in ours and
+                    a["action"] in ("detach", "attach")], actions
         monitors[-1].wait_for("pinned programs changed")
         time.sleep(0.5)
     finally:
