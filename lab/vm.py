@@ -335,8 +335,7 @@ class Image:
                 "suite": SUITE, "mirror": self.mirror, "key": self.key,
                 "packages": IMAGE_PACKAGES, "role_packages_cached": ROLE_PACKAGES,
                 "kernel": kernel_release, "second_kernel": kernels["second"],
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                    time.gmtime()),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "build_seconds": round(time.time() - started, 1),
             }
             with open(os.path.join(work, "manifest.json"), "w") as handle:
@@ -827,7 +826,7 @@ def main(argv=None):
         guest = lab.guest(args.host)
         seconds = guest.reboot_into(args.kernel) if args.kernel else guest.reboot()
         say("%s back after %.0f s%s" % (guest.name, seconds,
-                                         " on " + args.kernel if args.kernel else ""))
+                                        " on " + args.kernel if args.kernel else ""))
     elif args.cmd == "console":
         sys.stdout.write(Guest(lab, int(args.host[2:])).console_tail(args.lines)
                          if args.host[2:].isdigit() else "")

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -22,11 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import (
-    collections_path, run_playbook)
+from ansible_collections.ebpf.microseg.tests.functional.ansible_runner import run_playbook
 from ansible_collections.ebpf.microseg.tests.functional.datapath import Datapath, new_pin_path
-from ansible_collections.ebpf.microseg.tests.functional.monitor_process import (
-    MONITOR, TIMEOUTS, MonitorProcess)
+from ansible_collections.ebpf.microseg.tests.functional.monitor_process import MonitorProcess
 from ansible_collections.ebpf.microseg.tests.functional.netlab import PROBE, Lab, ifindex
 
 SUBNET = "198.18.103"
