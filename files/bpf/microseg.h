@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-only OR GPL-3.0-or-later */
 /*
- * ebpf.microseg data plane: struct layouts shared by the TC program and user space.
+ * ebpf.microseg data plane: the ABI shared by the TC program and user space.
+ *
+ * Only what both sides read: map keys and values, and every enum, flag and constant user
+ * space writes into or reads out of the maps. No BCC macros and no code (the program's
+ * own helpers live in lib/), so any C compiler can read it.
  *
  * This header is the single source of truth for every map key and value. The Python
  * ctypes mirrors in plugins/module_utils/_maps.py are checked against it by
@@ -68,6 +72,16 @@
 
 /* range_value.flags */
 #define RANGE_FLAG_FINAL            0x0001  /* policy_id/action decide; next_class unused */
+
+/* LPM key prefix lengths (see the range maps below): class_id is always matched in full,
+ * so a key's prefix counts the class bits first; a data plane lookup asks for every bit. */
+#define MS_LPM_CLASS_BITS           32
+#define MS_LPM_PROTOCOL_BITS        8
+#define MS_LPM_IP_FULL              (MS_LPM_CLASS_BITS + 32)
+#define MS_LPM_PORT_FULL            (MS_LPM_CLASS_BITS + MS_LPM_PROTOCOL_BITS + 16)
+#define MS_LPM_SPORT_FULL           (MS_LPM_CLASS_BITS + 16)
+/* The first range step's class: policy set and direction, as the rule compiler roots it. */
+#define MS_LPM_ROOT_CLASS(set, dir) (((set) << 1) | (dir))
 
 /* Pressure levels, as the seed defines them. */
 #define PRESSURE_NORMAL   0

@@ -11,7 +11,9 @@ import os
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-SOURCE_FILES = ("microseg.bpf.c", "microseg.h")
+# Only the source listing is used here: _loader imports BCC inside the functions that
+# compile, so this works on a controller without BCC.
+from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 
 
 def collection_bpf_dir():
@@ -22,15 +24,10 @@ def collection_bpf_dir():
 
 def read_bpf_sources(directory=None):
     directory = directory or collection_bpf_dir()
-    sources = {}
-    for name in SOURCE_FILES:
-        path = os.path.join(directory, name)
-        try:
-            with open(path) as handle:
-                sources[name] = handle.read()
-        except (IOError, OSError) as exc:
-            raise AnsibleActionFail("cannot read the BPF source %s: %s" % (path, exc))
-    return sources
+    try:
+        return _loader.read_sources(directory)
+    except (IOError, OSError, _loader.LoaderError) as exc:
+        raise AnsibleActionFail("cannot read the BPF sources under %s: %s" % (directory, exc))
 
 
 class ActionModule(ActionBase):

@@ -3,7 +3,7 @@
 # Copyright: ebpf.microseg contributors
 """Rules -> map entries, so the kernel decides with a bounded number of lookups.
 
-decide() in files/bpf/microseg.bpf.c looks up the exact 5-tuple (policy_map), then walks
+decide() in files/bpf/lib/policy.h looks up the exact 5-tuple (policy_map), then walks
 up to four longest-prefix stages: remote address (ip_range_map), container address
 (local_range_map), protocol + destination port (port_range_map), source port
 (sport_range_map). Each stage value either ends the walk (RANGE_FLAG_FINAL: policy_id and
@@ -43,6 +43,8 @@ DIR_INDEX = {"egress": 0, "ingress": 1}
 CLASS_BASE = 4          # class ids 0..3 are the stage-1 roots: (policy_set << 1) | direction
 CLASS_SET_BIT = 31      # later class ids carry the policy set in their top bit
 ANY_PREFIX = (0, 0)
+# A port key matched on class and protocol, before any port bit.
+PORT_KEY_PROTOCOL_LEN = _maps.LPM_CLASS_BITS + _maps.LPM_PROTOCOL_BITS
 
 
 class CompiledPolicy:
@@ -296,9 +298,9 @@ class _Compiler:
         for node, found in _by_longest_holder(listing).items():
             cands = [_Cand(rule, remote_len=length) for rule, length in found]
             values[node] = self.after_remote(direction, cands)
-        root = (self.policy_set << 1) | DIR_INDEX[direction]
+        root = (self.policy_set << 1) | DIR_INDEX[direction]   # MS_LPM_ROOT_CLASS
         self.out.add("ip_range_map", _lpm_entries(values, lambda node: _maps.LpmKey(
-            prefixlen=32 + node[1], class_id=root, ip=_u32(node[0]))))
+            prefixlen=_maps.LPM_CLASS_BITS + node[1], class_id=root, ip=_u32(node[0]))))
 
     # -- stage 2: the container's prefix ---------------------------------------------------
     def after_remote(self, direction, cands):
@@ -319,7 +321,7 @@ class _Compiler:
                 sub = [_Cand(c.rule, c.remote_len, local_len=length) for c, length in found]
                 values[node] = self.after_local(sub)
             self.out.add("local_range_map", _lpm_entries(values, lambda node: _maps.LpmKey(
-                prefixlen=32 + node[1], class_id=cid, ip=_u32(node[0]))))
+                prefixlen=_maps.LPM_CLASS_BITS + node[1], class_id=cid, ip=_u32(node[0]))))
         return _next(cid)
 
     # -- stage 3: protocol and destination port ---------------------------------------------
@@ -337,14 +339,15 @@ class _Compiler:
         any_proto = [c for c in live if c.rule.protocol is None]
         fallback = _final(_best(any_proto)) if any_proto else None
         if fallback is not None:
-            self.out.add("port_range_map", [(_maps.PortLpmKey(prefixlen=32, class_id=cid),
+            self.out.add("port_range_map", [(_maps.PortLpmKey(prefixlen=_maps.LPM_CLASS_BITS, class_id=cid),
                                              fallback)])
         for proto in sorted(set(c.rule.protocol for c in live if c.rule.protocol is not None)):
             mine = [c for c in live if c.rule.protocol in (proto, None)]
             if proto not in PORT_PROTOCOLS:
                 value = _final(_best(mine))
                 if not _same(value, fallback):
-                    key = _maps.PortLpmKey(prefixlen=40, class_id=cid, protocol=proto)
+                    key = _maps.PortLpmKey(prefixlen=PORT_KEY_PROTOCOL_LEN, class_id=cid,
+                                           protocol=proto)
                     self.out.add("port_range_map", [(key, value)])
                 continue
             cuts = [r for c in mine for r in (c.rule.dst_ports or ())]
@@ -363,7 +366,8 @@ class _Compiler:
                 if value is None or _same(value, fallback):
                     continue
                 for start, bits in _blocks(low, high):
-                    key = _maps.PortLpmKey(prefixlen=40 + bits, class_id=cid, protocol=proto)
+                    key = _maps.PortLpmKey(prefixlen=PORT_KEY_PROTOCOL_LEN + bits, class_id=cid,
+                                           protocol=proto)
                     key.port[0], key.port[1] = _maps.port_to_bytes(start)
                     self.out.add("port_range_map", [(key, value)])
         return cid
@@ -389,7 +393,7 @@ class _Compiler:
                 if value is None:
                     continue    # nothing matches: the miss means the default
                 for start, bits in _blocks(low, high):
-                    key = _maps.SportLpmKey(prefixlen=32 + bits, class_id=cid)
+                    key = _maps.SportLpmKey(prefixlen=_maps.LPM_CLASS_BITS + bits, class_id=cid)
                     key.port[0], key.port[1] = _maps.port_to_bytes(start)
                     self.out.add("sport_range_map", [(key, value)])
         return _next(cid)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import posixpath
 import re
 import shutil
 import struct
@@ -31,7 +32,10 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
 
 HEADERS_CACHE = "/var/cache/microseg/kernel-headers"
-SOURCE_FILES = ("microseg.bpf.c", "microseg.h")
+# The program is every C file and header under files/bpf (the lib/ headers included);
+# microseg.bpf.c is the one BCC compiles.
+BPF_MAIN = "microseg.bpf.c"
+SOURCE_SUFFIXES = (".c", ".h")
 PROGRAMS = {
     # program function -> (pin name, hook it is attached to)
     "microseg_from_container": ("prog_from_container", "ingress"),
@@ -197,12 +201,79 @@ def source_hash(sources):
     return digest.hexdigest()
 
 
+def source_names(directory):
+    """The C sources and headers under directory: sorted paths relative to it, with '/'."""
+    names = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in files:
+            if name.endswith(SOURCE_SUFFIXES):
+                relative = os.path.relpath(os.path.join(root, name), directory)
+                names.append(relative.replace(os.sep, "/"))
+    return sorted(names)
+
+
 def read_sources(directory):
+    """{relative path: text} of the program's sources, as bpf_source carries them."""
     sources = {}
-    for name in SOURCE_FILES:
-        with open(os.path.join(directory, name)) as handle:
+    for name in source_names(directory):
+        with open(os.path.join(directory, *name.split("/"))) as handle:
             sources[name] = handle.read()
+    if BPF_MAIN not in sources:
+        raise LoaderError("no %s under %s" % (BPF_MAIN, directory))
     return sources
+
+
+def _source_path(workdir, name):
+    """Where source name goes under workdir; names come from bpf_source (or a saved record),
+    so one that would land outside workdir is refused."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or \
+            [part for part in parts if part in ("", ".", "..")]:
+        raise LoaderError("bad BPF source name %r: a relative path below files/bpf" % name)
+    return os.path.join(workdir, *parts)
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def flatten_sources(sources, main=BPF_MAIN):
+    """main as one text, every #include "..." of another source spliced in once.
+
+    BCC rewrites map calls (map.lookup(&key)) only in the file it is given, never in the
+    headers that file includes; spliced in, the lib headers' map calls are rewritten too.
+    #line markers keep compiler messages pointing at the original file and line. An
+    include is resolved as the compiler would: next to the including file, then from the
+    top of the sources. Anything else (<...> includes, unknown names) is left as written.
+    """
+    if main not in sources:
+        raise LoaderError("the BPF sources have no %s" % main)
+    done = set()
+    out = []
+
+    def resolve(includer, target):
+        for candidate in (posixpath.join(posixpath.dirname(includer), target), target):
+            candidate = posixpath.normpath(candidate)
+            if candidate in sources:
+                return candidate
+        return None
+
+    def splice(name):
+        done.add(name)
+        out.append('#line 1 "%s"' % name)
+        for number, line in enumerate(sources[name].splitlines(), 1):
+            match = _INCLUDE.match(line)
+            target = resolve(name, match.group(1)) if match else None
+            if target is None:
+                out.append(line)
+            elif target in done:
+                out.append("")   # included already (or being included): keeps numbering
+            else:
+                splice(target)
+                out.append('#line %d "%s"' % (number + 1, name))
+
+    splice(main)
+    return "\n".join(out) + "\n"
 
 
 # ---- metadata stored with the pins ---------------------------------------------------
@@ -357,11 +428,17 @@ def compile_and_load(sources, pin_path, sizes, headers, functions=None, defines=
     started = time.time()
     try:
         for name, text in sources.items():
-            with open(os.path.join(workdir, name), "w") as handle:
+            path = _source_path(workdir, name)
+            if not os.path.isdir(os.path.dirname(path)):
+                os.makedirs(os.path.dirname(path))
+            with open(path, "w") as handle:
                 handle.write(text)
+        flat = os.path.join(workdir, "microseg.flat.c")
+        with open(flat, "w") as handle:
+            handle.write(flatten_sources(sources))
         try:
             with headers_environment(headers):
-                module = BPF(src_file=os.path.join(workdir, "microseg.bpf.c").encode(),
+                module = BPF(src_file=flat.encode(),
                              cflags=cflags_for(pin_path, sizes, workdir)
                              + ["-D%s" % name for name in defines])
         except Exception as exc:

@@ -42,6 +42,11 @@ PASSTHROUGH_MODE_NAMES = dict((v, k) for k, v in PASSTHROUGH_MODES.items())
 
 RANGE_FLAG_FINAL = 0x0001
 
+# LPM key prefix lengths count the class_id bits first, always matched in full, then the
+# protocol byte of a port key (microseg.h MS_LPM_*).
+LPM_CLASS_BITS = 32
+LPM_PROTOCOL_BITS = 8
+
 TCP_STATES = [
     "NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2",
     "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "CLOSING",

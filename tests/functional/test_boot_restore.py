@@ -98,7 +98,10 @@ def test_converge_records_then_restore_enforces_and_the_next_run_changes_nothing
     program = json.load(open(os.path.join(record_dir, "program.json")))
     policy = json.load(open(os.path.join(record_dir, "policy.json")))
     assert program["params"]["bridge"] == lab.bridge
-    assert set(program["sources"]) == {"microseg.bpf.c", "microseg.h"}
+    # The whole program is recorded, lib/ headers included: the restore compiles from it.
+    assert set(program["sources"]) == {
+        "microseg.bpf.c", "microseg.h", "lib/maps.h", "lib/stats.h", "lib/flow.h",
+        "lib/parse.h", "lib/policy.h", "lib/log.h", "lib/session.h", "lib/guards.h"}
     assert [r["name"] for r in policy["policy"]["rules"]] == ["web-to-db"]
     assert policy["generation"] == first.task(1)["generation"]
     assert oct(os.stat(os.path.join(record_dir, "policy.json")).st_mode & 0o777) == "0o600"

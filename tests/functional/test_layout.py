@@ -98,6 +98,8 @@ def test_constants_match_header():
     for name, value in _maps.ACTIONS.items():
         assert defines["MS_ACTION_" + name.upper()] == value
     assert defines["RANGE_FLAG_FINAL"] == _maps.RANGE_FLAG_FINAL
+    assert defines["MS_LPM_CLASS_BITS"] == _maps.LPM_CLASS_BITS
+    assert defines["MS_LPM_PROTOCOL_BITS"] == _maps.LPM_PROTOCOL_BITS
     assert defines["SESSION_FLAG_PICKUP"] == _maps.SESSION_FLAG_PICKUP
     assert defines["SESSION_FLAG_SYN_COUNTED"] == _maps.SESSION_FLAG_SYN_COUNTED
 

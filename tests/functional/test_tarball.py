@@ -22,6 +22,7 @@ import subprocess
 import tarfile
 import tempfile
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.tests.harness import ansible_runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -140,8 +141,12 @@ def test_tarball_has_no_keys_and_no_generated_paths():
             names = [m.name for m in members]
             # Not vacuous: the collection is in it.
             for expected in ("MANIFEST.json", "FILES.json", "plugins/modules/microseg_program.py",
-                             "roles/microseg/tasks/main.yml", "files/bpf/microseg.bpf.c"):
+                             "roles/microseg/tasks/main.yml", "files/bpf/microseg.bpf.c",
+                             "files/bpf/microseg.h", "files/bpf/lib/session.h"):
                 assert expected in names
+            # The action plugin ships every source it finds: all of them are in the tarball.
+            for source in _loader.source_names(os.path.join(ROOT, "files", "bpf")):
+                assert "files/bpf/" + source in names
             generated = sorted("%s (%s)" % (n, is_generated(n, patterns))
                                for n in names if is_generated(n, patterns))
             assert generated == [], "generated paths in the tarball: %s" % generated

@@ -3,7 +3,7 @@
 # Copyright: ebpf.microseg contributors
 """The compiler against the reference model, through a Python rendition of decide().
 
-simulate() walks the compiled entries exactly as decide() in files/bpf/microseg.bpf.c does
+simulate() walks the compiled entries exactly as decide() in files/bpf/lib/policy.h does
 (exact hash, then the four longest-prefix stages, a miss meaning the default). Hypothesis
 draws colliding rule sets and boundary packets with the strategies of
 tests/harness/policy_strategies.py, which the real-kernel test
