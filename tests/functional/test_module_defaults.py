@@ -15,13 +15,13 @@ from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_pat
 
 def test_one_pin_path_for_every_module_of_the_group():
     pin = new_pin_path("defaults")      # never created: every module must look there
-    block = {"module_defaults": {"group/ebpf.microseg.microseg": {"pin_path": pin}},
-             "block": [
-                 {"ebpf.microseg.microseg_facts": {}},
-                 {"ebpf.microseg.microseg_program": {"state": "absent"}},
-                 {"ebpf.microseg.microseg_policy": {"state": "gathered"},
-                  "ignore_errors": True},
-             ]}
+    block = {
+        "module_defaults": {"group/ebpf.microseg.microseg": {"pin_path": pin}},
+        "block": [
+            {"ebpf.microseg.microseg_facts": {}},
+            {"ebpf.microseg.microseg_program": {"state": "absent"}},
+            {"ebpf.microseg.microseg_policy": {"state": "gathered"}, "ignore_errors": True},
+        ]}
     ran = run_playbook([block], check=True)
     facts, program, policy = ran.tasks()
     assert facts["ansible_facts"]["microseg"]["pin_path"] == pin, facts

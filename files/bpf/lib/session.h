@@ -16,8 +16,8 @@
 #include "log.h"
 
 #ifdef MS_CACHE_DENIED_FLOWS
-/* Bench only: the alternative DESIGN.md section 2 names (deny entries keyed so that only
- * their initiator's side hits them), measured against no session for a denied packet. */
+/* Bench only: deny entries keyed so that only their initiator's side hits them, the other way
+ * to hold a denied verdict (docs/architecture.md section 2), measured against no session. */
 #define MS_DENY_ENTRIES 1
 #else
 #define MS_DENY_ENTRIES 0
