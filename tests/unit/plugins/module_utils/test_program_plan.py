@@ -1,15 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""microseg_program's plan and the interface selection, without root: the gathered state is
-a fake at the boundary (links as _netlink.list_links returns them, filters as hook_filters
-does, the loader's record), and the plan must say what a real run would do."""
+"""microseg_program's plan, the interface selection, drift and the converge's capacity check,
+without root: the gathered state is a fake at the boundary (links as _netlink.list_links
+returns them, filters as hook_filters does, the loader's record), and the plan must say what
+a real run would do."""
 
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
+from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program
@@ -185,3 +188,34 @@ def test_endpoints_for_a_missing_interface_are_refused_unless_missing_ok():
     actions, _b, _a, result = _program.plan(p, SOURCES, current, sizes, missing_ok=True)
     assert result["want_endpoints"] == {}
     assert "write_endpoints" not in kinds(actions)
+
+
+def test_drift_is_what_the_selection_wants_and_a_hook_lacks():
+    meta = {"interfaces": {"vethweb": ["egress", "ingress"], "vethgone": ["egress"]},
+            "selection": {"bridge": "br0", "interfaces": [], "hooks": ["egress", "ingress"]}}
+    full = {"ingress": {}, "egress": {}}
+    # vethdb joined the bridge after the run and carries nothing; vethweb lost a hook;
+    # vethgone no longer exists; the uplink is not a container port.
+    assert _facts.drift(meta, LINKS, {"vethweb": {"egress": {}}}) == ["vethdb", "vethweb"]
+    assert _facts.drift(meta, LINKS, {"vethweb": full, "vethdb": full}) == []
+    # A selection whose bridge went away still checks what the run attached.
+    gone = dict(meta, selection={"bridge": "brgone", "hooks": ["egress"]})
+    assert _facts.drift(gone, LINKS, {}) == ["vethweb"]
+
+
+def test_both_policy_sets_must_fit_during_the_switch():
+    class Compiled:
+        packed = dict((name, [None] * 6 if name == "policy_map" else [])
+                      for name in _converge.POLICY_MAPS)
+
+    current = {"active_set": 1,
+               "counts": {0: dict((n, 0) for n in _converge.POLICY_MAPS),
+                          1: dict((n, 5 if n == "policy_map" else 0)
+                                  for n in _converge.POLICY_MAPS)},
+               "max_entries": dict((n, 10) for n in _converge.POLICY_MAPS)}
+    problems = _converge.capacity_problems(current, Compiled())
+    assert problems == ["policy_map: the new policy needs 6 entries and the active one holds 5; "
+                        "both must fit during the switch but max_entries is 10 (raise the size "
+                        "in microseg_program)"]
+    current["max_entries"]["policy_map"] = 11
+    assert _converge.capacity_problems(current, Compiled()) == []
