@@ -191,26 +191,8 @@ def sh(*argv, **kw):
     return subprocess.run(list(argv), universal_newlines=True, check=check, **kw)
 
 
-def host_mirror():
-    """The Debian mirror this machine's apt uses (deb822 or one-line sources)."""
-    candidates = ["/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"]
-    for path in candidates:
-        try:
-            with open(path) as handle:
-                text = handle.read()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            words = line.split()
-            if words[:1] == ["URIs:"] and len(words) > 1 and "security" not in words[1]:
-                return words[1]
-            if words[:1] == ["deb"] and len(words) > 2 and "security" not in words[1]:
-                return words[2] if words[1].startswith("[") else words[1]
-    return "http://deb.debian.org/debian"
-
-
-def host_security_mirror():
-    """Where this machine's apt gets Debian security updates."""
+def _host_apt_uris():
+    """The archive URIs of this machine's apt sources, in order (deb822 or one-line)."""
     for path in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"):
         try:
             with open(path) as handle:
@@ -218,10 +200,21 @@ def host_security_mirror():
         except OSError:
             continue
         for line in text.splitlines():
-            words = [w for w in line.split() if not w.startswith("[")]
-            if words[:1] in (["URIs:"], ["deb"]) and len(words) > 1 and "security" in words[1]:
-                return words[1]
-    return "http://deb.debian.org/debian-security"
+            words = [w for w in line.split() if not w.startswith("[")]   # [options]
+            if words[:1] in (["URIs:"], ["deb"]) and len(words) > 1:
+                yield words[1]
+
+
+def host_mirror():
+    """The Debian mirror this machine's apt uses."""
+    return next((uri for uri in _host_apt_uris() if "security" not in uri),
+                "http://deb.debian.org/debian")
+
+
+def host_security_mirror():
+    """Where this machine's apt gets Debian security updates."""
+    return next((uri for uri in _host_apt_uris() if "security" in uri),
+                "http://deb.debian.org/debian-security")
 
 
 def _pid_alive(pid):
@@ -621,12 +614,7 @@ class Guest:
                                  % (self.name, name, release, got.stderr.decode().strip()))
             os.replace(local + ".tmp", local)
         started = time.time()
-        pid = self.pid
-        self.ssh(["systemctl", "poweroff"], check=False, timeout=30)
-        deadline = time.time() + 180
-        while time.time() < deadline and _pid_alive(pid):
-            time.sleep(0.5)
-        if _pid_alive(pid):
+        if not self._power_off(self.pid, 180):
             raise SystemExit("vm: %s did not power off within 180 s; console:\n%s"
                              % (self.name, self.console_tail()))
         with open(self.accel_file) as handle:
@@ -635,15 +623,24 @@ class Guest:
         self.wait_ssh(after=before)
         return time.time() - started
 
+    def _power_off(self, pid, seconds, ask=True):
+        """Ask the guest to power off (unless not ask); True once qemu `pid` has exited
+        within `seconds`."""
+        if ask:
+            try:
+                self.ssh(["systemctl", "poweroff"], check=False, timeout=30)
+            except subprocess.TimeoutExpired:
+                pass        # the guest may hold the connection open as it goes down
+        deadline = time.time() + seconds
+        while time.time() < deadline and _pid_alive(pid):
+            time.sleep(0.5)
+        return not _pid_alive(pid)
+
     def stop(self):
         pid = self.pid
         if pid:
             # A clean poweroff first (the overlay is thrown away, but it keeps the log honest).
-            self.ssh(["systemctl", "poweroff"], check=False, timeout=15) if self.port else None
-            deadline = time.time() + 20
-            while time.time() < deadline and _pid_alive(pid):
-                time.sleep(0.5)
-            if _pid_alive(pid):
+            if not self._power_off(pid, 20, ask=bool(self.port)):
                 os.kill(pid, signal.SIGTERM)
                 deadline = time.time() + 10
                 while time.time() < deadline and _pid_alive(pid):
