@@ -17,19 +17,22 @@ __metaclass__ = type
 from collections import namedtuple
 
 U32_MAX = 0xffffffff
+QUOTA_RANGE = "is out of range (0 disables the quota)"
 
 
-class Option(namedtuple("Option", "name type default low high macro choices power_of_two")):
+class Option(namedtuple("Option",
+                        "name type default low high macro choices power_of_two out_of_range")):
     """One option. low/high bound an int (inclusive); macro is the -D name of a compile-time
-    option (a map size: changing it recompiles and migrates the map); choices a str's values."""
+    option (a map size: changing it recompiles and migrates the map); choices a str's values;
+    out_of_range what the error says of a value outside low..high (default: the bounds)."""
 
     __slots__ = ()
 
     def __new__(cls, name, type, default, low=None, high=None, macro=None, choices=None,
-                power_of_two=False):
+                power_of_two=False, out_of_range=None):
         # pylint: disable=redefined-builtin,too-many-arguments
         return super(Option, cls).__new__(cls, name, type, default, low, high, macro, choices,
-                                          power_of_two)
+                                          power_of_two, out_of_range)
 
     def argument_spec(self):
         spec = {"type": self.type}
@@ -53,13 +56,13 @@ OPTIONS = (
     Option("log_ring_pages", "int", 16, 1, 65536, macro="MS_LOG_RING_PAGES", power_of_two=True),
     # Written to config_map at run time: no recompile.
     Option("syn_flood_threshold", "int", 10000, 0, U32_MAX),
-    Option("pressure_warning_percent", "int", 70, 0, 100),
-    Option("pressure_critical_percent", "int", 90, 0, 100),
+    Option("pressure_warning_percent", "int", 70, 0, 100, out_of_range="is not a percentage"),
+    Option("pressure_critical_percent", "int", 90, 0, 100, out_of_range="is not a percentage"),
     Option("degraded_passthrough", "str", "default_only",
            choices=("default_only", "always", "never")),
-    Option("endpoint_half_open_quota", "int", 2048, 0, U32_MAX),
+    Option("endpoint_half_open_quota", "int", 2048, 0, U32_MAX, out_of_range=QUOTA_RANGE),
     # Unset: half of session_map_size (desired_config_fields).
-    Option("endpoint_session_quota", "int", None, 0, U32_MAX),
+    Option("endpoint_session_quota", "int", None, 0, U32_MAX, out_of_range=QUOTA_RANGE),
     Option("ipv6", "str", "drop", choices=("allow", "drop")),
     Option("other_l3", "str", "drop", choices=("allow", "drop")),
     Option("log_rate", "int", 100, 0, U32_MAX),
@@ -88,8 +91,5 @@ def range_error(name, value):
     option = OPTION[name]
     if option.low <= value <= option.high:
         return None
-    if option.high == 100 and option.low == 0:
-        return "%s: %d is not a percentage" % (name, value)
-    if name.endswith("_quota"):
-        return "%s: %d is out of range (0 disables the quota)" % (name, value)
-    return "%s: %d is out of range (%d..%d)" % (name, value, option.low, option.high)
+    said = option.out_of_range or "is out of range (%d..%d)" % (option.low, option.high)
+    return "%s: %d %s" % (name, value, said)
