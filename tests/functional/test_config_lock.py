@@ -16,25 +16,29 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import collections_path
 from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 
-# A program run that only rewrites its config fields: _program.apply, the module's own path.
-PROGRAM_RUN = textwrap.dedent("""
+# microseg_program runs that only rewrite their config fields, through _program.apply (the
+# module's own path): run i writes syn_flood_threshold = first + i.
+PROGRAM_RUNS = textwrap.dedent("""
     import sys
     from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink, _program
     from ansible_collections.ebpf.microseg.plugins.modules.microseg_program import argument_spec
-    pin = sys.argv[1]
+    pin, runs, first = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     params = dict((name, spec.get("default")) for name, spec in argument_spec().items())
-    params.update(pin_path=pin, syn_flood_threshold=4321)
-    sizes = _program.validate(params)
+    params.update(pin_path=pin)
     ipr = _netlink.open_route()
     try:
-        _program.apply(params, {}, {"links": [], "meta": {}}, [{"action": "write_config"}],
-                       sizes, None, ipr)
+        for i in range(runs):
+            params["syn_flood_threshold"] = first + i
+            sizes = _program.validate(params)
+            _program.apply(params, {}, {"links": [], "meta": {}},
+                           [{"action": "write_config"}], sizes, None, ipr)
     finally:
         ipr.close()
-    print("written", flush=True)
+    print("written", runs, flush=True)
 """)
 
 
@@ -51,7 +55,7 @@ def dp():
 def test_program_config_write_waits_for_a_converge_and_keeps_its_epoch(dp):
     start = dp.config().policy_epoch
     with _converge.HostLock(dp.pin_path):
-        writer = subprocess.Popen([sys.executable, "-c", PROGRAM_RUN, dp.pin_path],
+        writer = subprocess.Popen([sys.executable, "-c", PROGRAM_RUNS, dp.pin_path, "1", "4321"],
                                   stdout=subprocess.PIPE, universal_newlines=True,
                                   env={"PYTHONPATH": collections_path()})
         try:
@@ -62,34 +66,15 @@ def test_program_config_write_waits_for_a_converge_and_keeps_its_epoch(dp):
         except Exception:
             writer.kill()
             raise
-    assert writer.communicate(timeout=30)[0].strip() == "written"
+    assert writer.communicate(timeout=30)[0].strip() == "written 1"
     config = dp.config()
     assert config.policy_epoch == start + 1
     assert config.syn_flood_threshold == 4321
 
 
-# Both sides of the race as loops in their own processes, through the modules' own code:
-# microseg_program's config write (syn_flood_threshold = 1000 + i) and microseg_policy's
-# converge of two documents in turn (every converge switches the policy set and the epoch).
-PROGRAM_LOOP = textwrap.dedent("""
-    import sys
-    from ansible_collections.ebpf.microseg.plugins.module_utils import _maps, _netlink, _program
-    from ansible_collections.ebpf.microseg.plugins.modules.microseg_program import argument_spec
-    pin, runs = sys.argv[1], int(sys.argv[2])
-    params = dict((name, spec.get("default")) for name, spec in argument_spec().items())
-    params.update(pin_path=pin)
-    ipr = _netlink.open_route()
-    try:
-        for i in range(runs):
-            params["syn_flood_threshold"] = 1000 + i
-            sizes = _program.validate(params)
-            _program.apply(params, {}, {"links": [], "meta": {}},
-                           [{"action": "write_config"}], sizes, None, ipr)
-    finally:
-        ipr.close()
-    print("written", runs, flush=True)
-""")
-
+# Both sides of the race as loops in their own processes: microseg_program's config write
+# (PROGRAM_RUNS from 1000) and microseg_policy's converge of two documents in turn (every
+# converge switches the policy set and the epoch).
 POLICY_LOOP = textwrap.dedent("""
     import sys
     from ansible_collections.ebpf.microseg.plugins.module_utils import _maps, _policy
@@ -119,10 +104,11 @@ def test_fifty_concurrent_program_runs_and_converges_lose_no_epoch(dp):
     # converge's switch lands inside some program run's read-modify-write if nothing
     # orders them (without the lock, most converges lose their epoch).
     writes = runs * 40
-    procs = [subprocess.Popen([sys.executable, "-c", code, dp.pin_path, str(count)],
+    procs = [subprocess.Popen([sys.executable, "-c", code, dp.pin_path] + args,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True, env=env)
-             for code, count in ((PROGRAM_LOOP, writes), (POLICY_LOOP, runs))]
+             for code, args in ((PROGRAM_RUNS, [str(writes), "1000"]),
+                                (POLICY_LOOP, [str(runs)]))]
     outputs = [proc.communicate(timeout=240) for proc in procs]
     for proc, (_out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
@@ -138,7 +124,6 @@ def test_fifty_concurrent_program_runs_and_converges_lose_no_epoch(dp):
 
 
 def _policy_gathered(pin_path):
-    from ansible_collections.ebpf.microseg.plugins.module_utils import _policy  # pylint: disable=import-outside-toplevel
     return _policy.run({"pin_path": pin_path, "state": "gathered", "state_dir": "",
                         "rules": [], "rule_sources": None, "segments": None,
                         "default_action": None}, False, False)["gathered"]

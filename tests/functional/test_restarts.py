@@ -140,13 +140,6 @@ class HeldFlow(threading.Thread):
             self.proc.wait(5)
 
 
-def kill_and_reap(monitor, sig):
-    os.kill(monitor.proc.pid, sig)
-    monitor.proc.wait(10)
-    for reader in monitor.readers:
-        reader.join(2)
-
-
 def newer_source():
     sources = read_bpf_sources()
     sources["microseg.bpf.c"] += "\n/* a newer release of the program: same maps, new text */\n"
@@ -170,7 +163,7 @@ def test_no_port_is_unfiltered_and_the_flow_survives_restarts_and_an_upgrade(hos
         time.sleep(0.5)
 
         # 1. SIGKILL: nothing is cleaned up, the pid file stays; a new monitor takes over.
-        kill_and_reap(monitors[-1], signal.SIGKILL)
+        monitors[-1].stop(signal.SIGKILL)
         assert os.path.exists(monitors[-1].pid_file)
         time.sleep(0.5)
         monitors.append(MonitorProcess(pin, "--bridge", lab.bridge))
@@ -178,7 +171,7 @@ def test_no_port_is_unfiltered_and_the_flow_survives_restarts_and_an_upgrade(hos
         time.sleep(0.5)
 
         # 2. What `systemctl restart microseg-monitor` does: SIGTERM, wait, start.
-        kill_and_reap(monitors[-1], signal.SIGTERM)
+        monitors[-1].stop(signal.SIGTERM)
         assert monitors[-1].proc.returncode == 0, monitors[-1].stderr
         monitors.append(MonitorProcess(pin, "--bridge", lab.bridge))
         monitors[-1].wait_for("opened the data plane")
@@ -204,8 +197,7 @@ def test_no_port_is_unfiltered_and_the_flow_survives_restarts_and_an_upgrade(hos
         sampler.stop()
         flow.stop()
         for monitor in monitors[:-1]:
-            if monitor.proc.poll() is None:
-                kill_and_reap(monitor, signal.SIGTERM)
+            monitor.stop(signal.SIGTERM)
         monitors[-1].terminate()
 
     assert sampler.error is None, sampler.error

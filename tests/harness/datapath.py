@@ -96,19 +96,16 @@ class Datapath:
         cfg.ipv6_mode = 1
         cfg.other_l3_mode = 1
         cfg.log_rate_per_sec = 100
-        for key, value in config.items():
-            if key == "default_action":
-                cfg.default_action[0] = _maps.ACTIONS[value["egress"]]
-                cfg.default_action[1] = _maps.ACTIONS[value["ingress"]]
-            else:
-                setattr(cfg, key, value)
-        self.maps.write_config(cfg)
+        self._write_config(cfg, config)
 
     def config(self):
         return self.maps.config()
 
     def set_config(self, **fields):
-        cfg = self.maps.config()
+        self._write_config(self.maps.config(), fields)
+
+    def _write_config(self, cfg, fields):
+        """cfg with fields set (default_action as {egress, ingress} names), written back."""
         for key, value in fields.items():
             if key == "default_action":
                 cfg.default_action[0] = _maps.ACTIONS[value["egress"]]

@@ -65,9 +65,11 @@ class MonitorProcess:
         line = self.wait_for("metrics on ")
         return line.split("metrics on ", 1)[1].strip()
 
-    def terminate(self, timeout=5.0):
+    def stop(self, sig=signal.SIGTERM, timeout=5.0):
+        """Send sig and reap the process (SIGKILL after timeout); its files stay, as a
+        killed monitor leaves them."""
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -75,6 +77,11 @@ class MonitorProcess:
                 self.proc.wait()
         for reader in self.readers:
             reader.join(2)
+        return self.proc.returncode
+
+    def terminate(self, timeout=5.0):
+        """Stop (SIGTERM) and remove the event log, pid file and directory."""
+        self.stop(signal.SIGTERM, timeout)
         for name in (self.log_file, self.pid_file):
             if os.path.exists(name):
                 os.unlink(name)

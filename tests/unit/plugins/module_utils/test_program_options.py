@@ -19,14 +19,14 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options as opts
 from ansible_collections.ebpf.microseg.plugins.modules import microseg_program
+from ansible_collections.ebpf.microseg.tests.harness.module_params import program_defaults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))))
 
 
 def module_params(**extra):
-    params = dict((name, spec.get("default"))
-                  for name, spec in microseg_program.argument_spec().items())
+    params = program_defaults()
     params.update(extra)
     return params
 
