@@ -22,6 +22,7 @@ import sys
 import textwrap
 import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 from ansible_collections.ebpf.microseg.tests.harness.netlab import Lab
@@ -70,7 +71,7 @@ CONNECTOR = textwrap.dedent("""
 
 def _configure(dp, sizes):
     cfg = dp.maps.config()
-    cfg.default_action[0] = cfg.default_action[1] = _maps.ACTION_DENY
+    cfg.default_action[0] = cfg.default_action[1] = _abi.MS_ACTION_DENY
     cfg.session_max = sizes["session_map_size"]
     cfg.pressure_warn_sessions = sizes["session_map_size"] * 70 // 100
     cfg.pressure_crit_sessions = sizes["session_map_size"] * 90 // 100
@@ -134,7 +135,7 @@ def scenario(lab, dp, sizes, name, flood, monitor, spread):
     recovery = _recovery(lab, ended)
     ok = sum(1 for _t, good in during if good)
     return (name, "yes" if monitor else "no", sent.split()[-1] if sent else "?",
-            "{:,}".format(peak.total_sessions), _maps.PRESSURE_LEVELS[peak.pressure_level],
+            "{:,}".format(peak.total_sessions), _abi.PRESSURE_LEVELS[peak.pressure_level],
             "%d/%d (%.0f%%)" % (ok, len(during), 100.0 * ok / max(1, len(during))),
             "%.1f" % recovery if recovery is not None else "> 30",
             "%.0f" % (time.time() - started))

@@ -20,6 +20,7 @@ import struct
 import sys
 import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -102,7 +103,7 @@ def load_cidr_rules(dp, count):
         key = _maps.LpmKey(prefixlen=32 + 28, class_id=(dp.policy_set << 1),
                            ip=_maps.ip_to_u32("198.19.%d.%d" % ((i >> 4) & 0xff, (i & 0xf) << 4)))
         pairs.append((key, _maps.RangeValue(policy_id=200000 + i, action=0,
-                                            flags=_maps.RANGE_FLAG_FINAL)))
+                                            flags=_abi.RANGE_FLAG_FINAL)))
     dp.maps.update_many("ip_range_map", pairs)
 
 

@@ -301,8 +301,8 @@ class Microseg:
         try:
             sizes = _program.validate(params)
             current = _program.gather(params, ipr)
-            actions, _before, _after, _result = _program.plan(params, self.sources, current,
-                                                              sizes)
+            program_plan = _program.plan(params, self.sources, current, sizes)
+            actions = program_plan.actions
             # The module treats every microseg filter on the host as its own and would
             # detach one it did not select: never let the benchmark touch another's.
             ours = (CLIENT["veth"], SERVER["veth"])
@@ -312,7 +312,7 @@ class Microseg:
                                    "not create: %s" % foreign)
             if not actions:
                 return {}
-            return _program.apply(params, self.sources, current, actions, sizes,
+            return _program.apply(params, self.sources, current, program_plan, sizes,
                                   _loader.find_kernel_headers, ipr)
         finally:
             ipr.close()

@@ -118,7 +118,7 @@ def stop_servers(procs):
 
 def expected_verdicts(policies_dir, containers):
     try:
-        from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model, _verdict
+        from ansible_collections.ebpf.microseg.plugins.module_utils import _abi, _policy_model, _verdict
     except ImportError:
         return None
     models = {}
@@ -129,7 +129,7 @@ def expected_verdicts(policies_dir, containers):
                                                doc["default_action"])
 
     def expect(src, dst, proto, port):
-        number = {"tcp": 6, "udp": 17, "icmp": 1}[proto]
+        number = _abi.PROTOCOLS[proto]
         out = _verdict.verdict(models[src["host"]], "egress", src["address"], dst["address"],
                                number, 40000, port)
         into = _verdict.verdict(models[dst["host"]], "ingress", src["address"], dst["address"],

@@ -48,10 +48,9 @@
 #define SESSION_FLAG_TLS_DETECTED   0x0002
 #define SESSION_FLAG_HTTP_DETECTED  0x0004
 #define SESSION_FLAG_DPI_REQUIRED   0x0008
-#define SESSION_FLAG_POLICY_CACHED  0x0010
+/* 0x0010 and 0x0080 were set and never read (policy cached, responder FIN): free. */
 #define SESSION_FLAG_SYN_COUNTED    0x0020  /* counted in map_pressure.syn_sent_count */
 #define SESSION_FLAG_FIN_ORIG       0x0040  /* fin_seq_orig is valid */
-#define SESSION_FLAG_FIN_REPLY      0x0080  /* fin_seq_reply is valid */
 #define SESSION_FLAG_PICKUP         0x0100  /* first packet seen was mid-stream TCP */
 #define SESSION_FLAG_EP_SYN_COUNTED 0x0200  /* counted in its endpoint's half_open */
 
@@ -82,6 +81,10 @@
 #define MS_LPM_SPORT_FULL           (MS_LPM_CLASS_BITS + 16)
 /* The first range step's class: policy set and direction, as the rule compiler roots it. */
 #define MS_LPM_ROOT_CLASS(set, dir) (((set) << 1) | (dir))
+/* Later steps' classes are the compiler's (user space only): numbered from
+ * MS_LPM_CLASS_BASE, with the policy set in bit MS_LPM_CLASS_SET_BIT. */
+#define MS_LPM_CLASS_BASE           4
+#define MS_LPM_CLASS_SET_BIT        31
 
 /* Pressure levels, as the seed defines them. */
 #define PRESSURE_NORMAL   0
@@ -216,10 +219,10 @@ struct session_value {
     __u8  state;
     __u16 flags;
     __u32 seq_init;       /* initiator's ISN */
-    __u32 ack_init;       /* responder's ISN, from the SYN-ACK */
+    __u32 reserved_a;     /* unused (was the responder's ISN, never read) */
     __u32 policy_ver;     /* config.policy_epoch the verdict was taken under */
     __u32 fin_seq_orig;   /* sequence just past the initiator's FIN */
-    __u32 fin_seq_reply;  /* sequence just past the responder's FIN */
+    __u32 reserved_b;     /* unused (was the responder's FIN, never read) */
     __u16 parser;
     __u8  direction;      /* direction of the packet that created the session */
     __u8  reserved;
@@ -286,7 +289,7 @@ struct frag_key {
 };
 
 struct frag_value {
-    __u64 first_seen;
+    __u64 reserved;       /* unused (was the first fragment's time, never read) */
     __u8  action;
     __u8  pad[7];
 };

@@ -33,18 +33,16 @@ __metaclass__ = type
 
 import struct
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
     ACTION_RANK, PORT_PROTOCOLS, port_specificity)
 
 MAP_NAMES = ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
              "sport_range_map")
-DIR_INDEX = {"egress": 0, "ingress": 1}
-CLASS_BASE = 4          # class ids 0..3 are the stage-1 roots: (policy_set << 1) | direction
-CLASS_SET_BIT = 31      # later class ids carry the policy set in their top bit
 ANY_PREFIX = (0, 0)
 # A port key matched on class and protocol, before any port bit.
-PORT_KEY_PROTOCOL_LEN = _maps.LPM_CLASS_BITS + _maps.LPM_PROTOCOL_BITS
+PORT_KEY_PROTOCOL_LEN = _abi.MS_LPM_CLASS_BITS + _abi.MS_LPM_PROTOCOL_BITS
 
 
 class CompiledPolicy:
@@ -142,8 +140,8 @@ def _signature(live, fields):
 
 def _final(cand):
     rule = cand.rule
-    return _maps.RangeValue(policy_id=rule.policy_id, action=_maps.ACTIONS[rule.action],
-                            flags=_maps.RANGE_FLAG_FINAL)
+    return _maps.RangeValue(policy_id=rule.policy_id, action=_abi.ACTIONS[rule.action],
+                            flags=_abi.RANGE_FLAG_FINAL)
 
 
 def _next(class_id):
@@ -254,15 +252,15 @@ class _Compiler:
         self.policy_set = policy_set
         self.out = CompiledPolicy(policy_set)
         self.classes = {}
-        self.counter = CLASS_BASE
+        self.counter = _abi.MS_LPM_CLASS_BASE
 
     def class_id(self, key):
         """(class id, new?) for one candidate situation of one stage."""
         if key in self.classes:
             return self.classes[key], False
-        if self.counter >= 1 << CLASS_SET_BIT:
+        if self.counter >= 1 << _abi.MS_LPM_CLASS_SET_BIT:
             raise ValueError("policy too large: class ids exhausted")
-        cid = (self.policy_set << CLASS_SET_BIT) | self.counter
+        cid = (self.policy_set << _abi.MS_LPM_CLASS_SET_BIT) | self.counter
         self.counter += 1
         self.classes[key] = cid
         return cid, True
@@ -275,11 +273,11 @@ class _Compiler:
             if not rule.exact:
                 continue
             addresses = _POLICY_ADDRESSES.pack(rule.src_prefixes[0][0], rule.dst_prefixes[0][0])
-            value = _POLICY_VALUE.pack(rule.policy_id, _maps.ACTIONS[rule.action], 0, 0, 0, 0)
+            value = _POLICY_VALUE.pack(rule.policy_id, _abi.ACTIONS[rule.action], 0, 0, 0, 0)
             for direction in rule.directions:
                 key = addresses + _POLICY_KEY_REST.pack(
                     rule.src_ports[0][0], rule.dst_ports[0][0], rule.protocol,
-                    DIR_INDEX[direction], self.policy_set, 0)
+                    _abi.DIRECTIONS[direction], self.policy_set, 0)
                 if key in seen:
                     continue      # the same 5-tuple again: the first rule listed wins
                 seen.add(key)
@@ -298,9 +296,9 @@ class _Compiler:
         for node, found in _by_longest_holder(listing).items():
             cands = [_Cand(rule, remote_len=length) for rule, length in found]
             values[node] = self.after_remote(direction, cands)
-        root = (self.policy_set << 1) | DIR_INDEX[direction]   # MS_LPM_ROOT_CLASS
+        root = _abi.ms_lpm_root_class(self.policy_set, _abi.DIRECTIONS[direction])
         self.out.add("ip_range_map", _lpm_entries(values, lambda node: _maps.LpmKey(
-            prefixlen=_maps.LPM_CLASS_BITS + node[1], class_id=root, ip=_u32(node[0]))))
+            prefixlen=_abi.MS_LPM_CLASS_BITS + node[1], class_id=root, ip=_u32(node[0]))))
 
     # -- stage 2: the container's prefix ---------------------------------------------------
     def after_remote(self, direction, cands):
@@ -321,7 +319,7 @@ class _Compiler:
                 sub = [_Cand(c.rule, c.remote_len, local_len=length) for c, length in found]
                 values[node] = self.after_local(sub)
             self.out.add("local_range_map", _lpm_entries(values, lambda node: _maps.LpmKey(
-                prefixlen=_maps.LPM_CLASS_BITS + node[1], class_id=cid, ip=_u32(node[0]))))
+                prefixlen=_abi.MS_LPM_CLASS_BITS + node[1], class_id=cid, ip=_u32(node[0]))))
         return _next(cid)
 
     # -- stage 3: protocol and destination port ---------------------------------------------
@@ -339,7 +337,7 @@ class _Compiler:
         any_proto = [c for c in live if c.rule.protocol is None]
         fallback = _final(_best(any_proto)) if any_proto else None
         if fallback is not None:
-            self.out.add("port_range_map", [(_maps.PortLpmKey(prefixlen=_maps.LPM_CLASS_BITS, class_id=cid),
+            self.out.add("port_range_map", [(_maps.PortLpmKey(prefixlen=_abi.MS_LPM_CLASS_BITS, class_id=cid),
                                              fallback)])
         for proto in sorted(set(c.rule.protocol for c in live if c.rule.protocol is not None)):
             mine = [c for c in live if c.rule.protocol in (proto, None)]
@@ -393,7 +391,7 @@ class _Compiler:
                 if value is None:
                     continue    # nothing matches: the miss means the default
                 for start, bits in _blocks(low, high):
-                    key = _maps.SportLpmKey(prefixlen=_maps.LPM_CLASS_BITS + bits, class_id=cid)
+                    key = _maps.SportLpmKey(prefixlen=_abi.MS_LPM_CLASS_BITS + bits, class_id=cid)
                     key.port[0], key.port[1] = _maps.port_to_bytes(start)
                     self.out.add("sport_range_map", [(key, value)])
         return _next(cid)

@@ -23,6 +23,7 @@ import struct
 import time
 import zlib
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 
@@ -48,7 +49,10 @@ _POLICY_SET_AT = _maps.PolicyKey.policy_set.offset
 _HITS_AT = _maps.PolicyValue.hit_count.offset        # hit_count, last_hit: the value's tail
 _CLASS_AT = _maps.LpmKey.class_id.offset
 _NEXT_CLASS_AT = _maps.RangeValue.next_class.offset
-_CLASS_SET_MASK = {"ip_range_map": 2}                 # later stages: bit 31
+# ip_range_map holds the first step (the set is bit 1 of MS_LPM_ROOT_CLASS); the other
+# maps hold the compiler's later classes, whose set is bit MS_LPM_CLASS_SET_BIT.
+_ROOT_SET_MASK = _abi.ms_lpm_root_class(1, 0)
+_LATER_SET_MASK = 1 << _abi.MS_LPM_CLASS_SET_BIT
 if not _CLASS_AT == _maps.PortLpmKey.class_id.offset == _maps.SportLpmKey.class_id.offset:
     raise ImportError("the LPM keys no longer share the class_id offset _converge reads")
 
@@ -58,9 +62,8 @@ def entry_set(map_name, key):
     if map_name == "policy_map":
         return key[_POLICY_SET_AT] & 1
     class_id = _U32.unpack_from(key, _CLASS_AT)[0]
-    if map_name == "ip_range_map":
-        return (class_id >> 1) & 1
-    return class_id >> 31
+    mask = _ROOT_SET_MASK if map_name == "ip_range_map" else _LATER_SET_MASK
+    return 1 if class_id & mask else 0
 
 
 def _without_set(map_name, key, value):
@@ -70,9 +73,9 @@ def _without_set(map_name, key, value):
     """
     if map_name == "policy_map":
         return key[:_POLICY_SET_AT] + key[_POLICY_SET_AT + 1:], value[:_HITS_AT]
-    keep = ~_CLASS_SET_MASK.get(map_name, 1 << 31) & 0xffffffff
-    class_id = _U32.unpack_from(key, _CLASS_AT)[0] & keep
-    next_class = _U32.unpack_from(value, _NEXT_CLASS_AT)[0] & 0x7fffffff
+    mask = _ROOT_SET_MASK if map_name == "ip_range_map" else _LATER_SET_MASK
+    class_id = _U32.unpack_from(key, _CLASS_AT)[0] & ~mask & 0xffffffff
+    next_class = _U32.unpack_from(value, _NEXT_CLASS_AT)[0] & ~_LATER_SET_MASK & 0xffffffff
     return (key[:_CLASS_AT] + _U32.pack(class_id) + key[_CLASS_AT + 4:],
             value[:_NEXT_CLASS_AT] + _U32.pack(next_class) + value[_NEXT_CLASS_AT + 4:])
 
@@ -212,8 +215,8 @@ def gather(pinned, pin_path):
         "generation": config.policy_epoch,
         "active_set": active,
         "default_action": {
-            "egress": _maps.ACTION_NAMES.get(config.default_action[0], "allow"),
-            "ingress": _maps.ACTION_NAMES.get(config.default_action[1], "allow"),
+            "egress": _abi.ACTION_NAMES.get(config.default_action[0], "allow"),
+            "ingress": _abi.ACTION_NAMES.get(config.default_action[1], "allow"),
         },
         "source": source,
         "entries": entries,
@@ -291,6 +294,6 @@ def switch(pinned, new_epoch, default_action):
     """The one write that puts the new policy in force."""
     config = pinned.config()
     config.policy_epoch = new_epoch
-    config.default_action[0] = _maps.ACTIONS[default_action["egress"]]
-    config.default_action[1] = _maps.ACTIONS[default_action["ingress"]]
+    config.default_action[0] = _abi.ACTIONS[default_action["egress"]]
+    config.default_action[1] = _abi.ACTIONS[default_action["ingress"]]
     pinned.write_config(config)

@@ -19,6 +19,7 @@ import ctypes
 import os
 import socket
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 
@@ -153,9 +154,9 @@ def learn(ipr, finder, indexes):
             continue
         address, prefixlen, mac = found
         value = _maps.EndpointValue(ip=_maps.ip_to_u32(address), prefixlen=prefixlen,
-                                    flags=_maps.ENDPOINT_FLAG_LEARNED)
+                                    flags=_abi.ENDPOINT_FLAG_LEARNED)
         if len(mac) == 6:
-            value.flags |= _maps.ENDPOINT_FLAG_MAC
+            value.flags |= _abi.ENDPOINT_FLAG_MAC
             value.mac[:] = list(mac)
         out[link["index"]] = value
     return out
@@ -167,12 +168,12 @@ def write_learned(pinned, learned):
     current = dict((key.value, value) for key, value in pinned.items("endpoint_map"))
     changes = 0
     for index, value in current.items():
-        if value.flags & _maps.ENDPOINT_FLAG_LEARNED and index not in learned:
+        if value.flags & _abi.ENDPOINT_FLAG_LEARNED and index not in learned:
             pinned.delete("endpoint_map", _maps.U32(index))
             changes += 1
     for index, value in learned.items():
         have = current.get(index)
-        if have is not None and not have.flags & _maps.ENDPOINT_FLAG_LEARNED:
+        if have is not None and not have.flags & _abi.ENDPOINT_FLAG_LEARNED:
             continue
         if have is not None and have.pack() == value.pack():
             continue

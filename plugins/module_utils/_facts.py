@@ -11,6 +11,7 @@ import os
 import platform
 import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -98,8 +99,8 @@ def endpoint_usage(pinned, links, config):
             "address": _maps.u32_to_ip(value.ip),
             "prefixlen": value.prefixlen or None,
             "mac": ":".join("%02x" % b for b in value.mac)
-            if value.flags & _maps.ENDPOINT_FLAG_MAC else None,
-            "source": "learned" if value.flags & _maps.ENDPOINT_FLAG_LEARNED else "given",
+            if value.flags & _abi.ENDPOINT_FLAG_MAC else None,
+            "source": "learned" if value.flags & _abi.ENDPOINT_FLAG_LEARNED else "given",
         }
     for key, usage in pinned.items("endpoint_usage_map"):
         over = []
@@ -138,11 +139,11 @@ def _session_matches(key, value, flt):
         return False
     if flt.get("port") and flt["port"] not in (key.src_port, key.dst_port):
         return False
-    if flt.get("protocol") and _maps.PROTOCOLS.get(flt["protocol"], flt["protocol"]) != \
+    if flt.get("protocol") and _abi.PROTOCOLS.get(flt["protocol"], flt["protocol"]) != \
             key.protocol:
         return False
     if flt.get("state") and (key.protocol != 6 or
-                             _maps.TCP_STATES[value.state] != flt["state"].upper()):
+                             _abi.TCP_STATES[value.state] != flt["state"].upper()):
         return False
     return True
 
@@ -151,10 +152,10 @@ def _session_view(key, value):
     return {
         "container": _maps.u32_to_ip(key.src_ip), "container_port": key.src_port,
         "remote": _maps.u32_to_ip(key.dst_ip), "remote_port": key.dst_port,
-        "protocol": _maps.PROTOCOL_NAMES.get(key.protocol, key.protocol),
+        "protocol": _abi.PROTOCOL_NAMES.get(key.protocol, key.protocol),
         "initiated": "ingress" if value.direction else "egress",
-        "state": _maps.TCP_STATES[value.state] if key.protocol == 6 else None,
-        "action": _maps.ACTION_NAMES.get(value.action),
+        "state": _abi.TCP_STATES[value.state] if key.protocol == _abi.IPPROTO_TCP else None,
+        "action": _abi.ACTION_NAMES.get(value.action),
         "policy_id": value.policy_id, "policy_generation": value.policy_ver,
         "packets": value.packets, "bytes": value.bytes,
     }
@@ -217,16 +218,16 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=
             "policy_generation": config.policy_epoch,
             "active_policy_set": config.policy_epoch & 1,
             "default_action": {
-                "egress": _maps.ACTION_NAMES.get(config.default_action[0]),
-                "ingress": _maps.ACTION_NAMES.get(config.default_action[1]),
+                "egress": _abi.ACTION_NAMES.get(config.default_action[0]),
+                "ingress": _abi.ACTION_NAMES.get(config.default_action[1]),
             },
-            "ipv6": _maps.L3_MODE_NAMES.get(config.ipv6_mode),
-            "other_l3": _maps.L3_MODE_NAMES.get(config.other_l3_mode),
+            "ipv6": _abi.L3_MODE_NAMES.get(config.ipv6_mode),
+            "other_l3": _abi.L3_MODE_NAMES.get(config.other_l3_mode),
             "syn_flood_threshold": config.syn_flood_threshold,
             "pressure_warn_sessions": config.pressure_warn_sessions,
             "pressure_crit_sessions": config.pressure_crit_sessions,
             "log_rate": config.log_rate_per_sec,
-            "degraded_passthrough": _maps.PASSTHROUGH_MODE_NAMES.get(config.degraded_passthrough),
+            "degraded_passthrough": _abi.PASSTHROUGH_MODE_NAMES.get(config.degraded_passthrough),
             "endpoint_half_open_quota": config.endpoint_half_open_quota,
             "endpoint_session_quota": config.endpoint_session_quota,
         }
@@ -236,8 +237,8 @@ def gather(pin_path, ipr, session_filter=None, session_limit=0, top_rules_count=
             "syn_sent_count": pressure.syn_sent_count,
             "evictions": pressure.evictions,
             "insertion_failures": pressure.insertion_failures,
-            "level": _maps.PRESSURE_LEVELS[pressure.pressure_level]
-            if pressure.pressure_level < len(_maps.PRESSURE_LEVELS) else "unknown",
+            "level": _abi.PRESSURE_LEVELS[pressure.pressure_level]
+            if pressure.pressure_level < len(_abi.PRESSURE_LEVELS) else "unknown",
         }
         facts["stats"] = pinned.stats()
         facts["pressure"]["syn_flood_drops"] = facts["stats"]["tcp_syn_floods"]

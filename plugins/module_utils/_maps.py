@@ -4,7 +4,7 @@
 """ctypes mirrors of files/bpf/microseg.h and typed access to the pinned maps.
 
 The C header is the single source of truth; tests/functional/test_layout.py compiles it
-and checks every size and offset here against the compiler's.
+and checks every size and offset here against the compiler's. Its constants are in _abi.py.
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -15,69 +15,11 @@ import os
 import socket
 import struct
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
 
 DEFAULT_PIN_PATH = "/sys/fs/bpf/microseg"
-
-DIR_EGRESS = 0
-DIR_INGRESS = 1
-DIRECTIONS = {"egress": DIR_EGRESS, "ingress": DIR_INGRESS}
-
-ACTION_ALLOW = 0
-ACTION_DENY = 1
-ACTION_LOG = 2
-ACTIONS = {"allow": ACTION_ALLOW, "deny": ACTION_DENY, "log": ACTION_LOG}
-ACTION_NAMES = dict((v, k) for k, v in ACTIONS.items())
-
-L3_MODES = {"allow": 0, "drop": 1}
-L3_MODE_NAMES = dict((v, k) for k, v in L3_MODES.items())
-
-CONFIG_FLAG_ANTISPOOF = 1
-CONFIG_FLAG_LEARN_ENDPOINTS = 2
-
-# microseg_config.degraded_passthrough (MS_PASSTHROUGH_*)
-PASSTHROUGH_MODES = {"default_only": 0, "always": 1, "never": 2}
-PASSTHROUGH_MODE_NAMES = dict((v, k) for k, v in PASSTHROUGH_MODES.items())
-
-RANGE_FLAG_FINAL = 0x0001
-
-# LPM key prefix lengths count the class_id bits first, always matched in full, then the
-# protocol byte of a port key (microseg.h MS_LPM_*).
-LPM_CLASS_BITS = 32
-LPM_PROTOCOL_BITS = 8
-
-TCP_STATES = [
-    "NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2",
-    "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "CLOSING",
-]
-TCP_STATE = dict((name, i) for i, name in enumerate(TCP_STATES))
-
-SESSION_FLAG_INGRESS = 0x0001
-SESSION_FLAG_POLICY_CACHED = 0x0010
-SESSION_FLAG_SYN_COUNTED = 0x0020
-SESSION_FLAG_PICKUP = 0x0100
-SESSION_FLAG_EP_SYN_COUNTED = 0x0200
-
-PRESSURE_LEVELS = ["normal", "warning", "critical"]
-
-# The seed's 13 counters first, in the seed's order, then ours (microseg.h STAT_*).
-STAT_NAMES = [
-    "total_packets", "allowed_packets", "denied_packets", "total_bytes", "allowed_bytes",
-    "denied_bytes", "new_sessions", "policy_lookups", "session_hits", "map_full_drops",
-    "lru_evictions", "tcp_syn_floods", "invalid_state_trans",
-    "truncated_drops", "non_ipv4_passed", "non_ipv4_dropped", "fragments",
-    "fragment_drops", "log_events", "log_suppressed", "untracked_passes",
-    "reevaluations", "spoof_drops", "insert_failures",
-    "degraded_passthrough", "degraded_rule_drops", "endpoint_syn_drops",
-    "endpoint_degraded", "icmp_related", "reverse_new_flows",
-    "arp_spoof_drops", "not_for_endpoint", "vlan_tagged", "degraded_replies",
-]
-STAT = dict((name, i) for i, name in enumerate(STAT_NAMES))
-STAT_MAX = len(STAT_NAMES)
-
-PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
-PROTOCOL_NAMES = dict((v, k) for k, v in PROTOCOLS.items())
 
 
 class _Struct(ctypes.Structure):
@@ -159,9 +101,9 @@ class SessionValue(_Struct):
         ("bytes", ctypes.c_uint64), ("last_seen", ctypes.c_uint64),
         ("policy_id", ctypes.c_uint32), ("action", ctypes.c_uint8),
         ("state", ctypes.c_uint8), ("flags", ctypes.c_uint16),
-        ("seq_init", ctypes.c_uint32), ("ack_init", ctypes.c_uint32),
+        ("seq_init", ctypes.c_uint32), ("reserved_a", ctypes.c_uint32),
         ("policy_ver", ctypes.c_uint32), ("fin_seq_orig", ctypes.c_uint32),
-        ("fin_seq_reply", ctypes.c_uint32), ("parser", ctypes.c_uint16),
+        ("reserved_b", ctypes.c_uint32), ("parser", ctypes.c_uint16),
         ("direction", ctypes.c_uint8), ("reserved", ctypes.c_uint8),
         ("ifindex", ctypes.c_uint32), ("reserved2", ctypes.c_uint32),
     ]
@@ -208,16 +150,12 @@ class FragKey(_Struct):
 
 class FragValue(_Struct):
     _fields_ = [
-        ("first_seen", ctypes.c_uint64), ("action", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7),
+        ("reserved", ctypes.c_uint64), ("action", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7),
     ]
 
 
 class LogRate(_Struct):
     _fields_ = [("window_start", ctypes.c_uint64), ("count", ctypes.c_uint64)]
-
-
-ENDPOINT_FLAG_MAC = 0x0001
-ENDPOINT_FLAG_LEARNED = 0x0002
 
 
 class EndpointValue(_Struct):
@@ -307,7 +245,7 @@ MAP_SPECS = [
             flags=bpf.BPF_F_NO_PREALLOC, size_param="range_map_size"),
     MapSpec("session_map", bpf.BPF_MAP_TYPE_LRU_HASH, SessionKey, SessionValue,
             flags=bpf.BPF_F_NO_COMMON_LRU, size_param="session_map_size"),
-    MapSpec("stats_map", bpf.BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, max_entries=STAT_MAX),
+    MapSpec("stats_map", bpf.BPF_MAP_TYPE_PERCPU_ARRAY, U32, U64, max_entries=_abi.STAT_MAX),
     MapSpec("map_pressure_map", bpf.BPF_MAP_TYPE_ARRAY, U32, MapPressure, max_entries=1),
     MapSpec("config_map", bpf.BPF_MAP_TYPE_ARRAY, U32, MicrosegConfig, max_entries=1),
     MapSpec("rule_stats_map", bpf.BPF_MAP_TYPE_HASH, U32, RuleStats,
@@ -436,7 +374,7 @@ class PinnedMaps:
         ncpu = len(bpf.possible_cpus())
         per_cpu = bpf.percpu_value_size(8)
         totals = {}
-        for index, name in enumerate(STAT_NAMES):
+        for index, name in enumerate(_abi.STAT_NAMES):
             raw = bpf.map_lookup(self.fds["stats_map"], U32(index).pack(), per_cpu)
             values = struct.unpack("=%dQ" % ncpu, raw[:8 * ncpu]) if raw else ()
             totals[name] = sum(values)
@@ -444,5 +382,5 @@ class PinnedMaps:
 
     def reset_stats(self):
         zero = bytes(bpf.percpu_value_size(8))
-        for index in range(STAT_MAX):
+        for index in range(_abi.STAT_MAX):
             bpf.map_update(self.fds["stats_map"], U32(index).pack(), zero, 0)

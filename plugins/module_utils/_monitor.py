@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _autoattach
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
@@ -47,12 +48,12 @@ EVENTS_PER_WAKEUP = 4096      # bounds memory: the ring itself bounds what is pe
 def pressure_level(total, config):
     """The level the data plane derives from total_sessions (same thresholds)."""
     if not config or not config.pressure_warn_sessions:
-        return 0
+        return _abi.PRESSURE_NORMAL
     if total >= config.pressure_crit_sessions:
-        return 2
+        return _abi.PRESSURE_CRITICAL
     if total >= config.pressure_warn_sessions:
-        return 1
-    return 0
+        return _abi.PRESSURE_WARNING
+    return _abi.PRESSURE_NORMAL
 
 
 # ---- the pinned data plane, reopened when it goes away and comes back -------------------
@@ -410,7 +411,7 @@ class Monitor:
     def _learn_endpoints(self, config):
         """Keep endpoint_map's learned entries equal to what the containers' namespaces
         say now (microseg_program learn_endpoints); forget them when learning is off."""
-        learning = bool(config and config.flags & _maps.CONFIG_FLAG_LEARN_ENDPOINTS)
+        learning = bool(config and config.flags & _abi.MS_CFG_LEARN_ENDPOINTS)
         if self.ipr is None or not (learning or self.learned is None or self.learned):
             return
         if self.namespaces is None:

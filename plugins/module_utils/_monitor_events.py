@@ -9,26 +9,26 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 
 DEFAULT_LOG_MAX_BYTES = 100 * 1024 * 1024   # events.jsonl rotates past this size
 DEFAULT_LOG_BACKUPS = 5                      # events.jsonl.1 (newest) .. .5 (oldest)
-REASONS = {0: "new_flow", 1: "reevaluate"}
 
 
 def event_record(event, rule_names, ifnames, wall_of):
     """One LOG event as the dict written as a JSON line."""
-    proto = _maps.PROTOCOL_NAMES.get(event.protocol, event.protocol)
+    proto = _abi.PROTOCOL_NAMES.get(event.protocol, event.protocol)
     record = {
         "time": _facts._iso(wall_of(event.timestamp_ns)),  # pylint: disable=protected-access
         "src": _maps.u32_to_ip(event.src_ip), "dst": _maps.u32_to_ip(event.dst_ip),
         "protocol": proto,
-        "direction": "ingress" if event.direction == _maps.DIR_INGRESS else "egress",
+        "direction": "ingress" if event.direction == _abi.MS_DIR_INGRESS else "egress",
         "rule": rule_names.get(event.policy_id),
         "policy_id": event.policy_id,
-        "verdict": _maps.ACTION_NAMES.get(event.action, event.action),
-        "reason": REASONS.get(event.reason, event.reason),
+        "verdict": _abi.ACTION_NAMES.get(event.action, event.action),
+        "reason": _abi.LOG_REASONS.get(event.reason, event.reason),
         "interface": ifnames.get(event.ifindex, event.ifindex),
         "policy_generation": event.policy_ver,
     }

@@ -34,6 +34,8 @@ import socket
 import struct
 import zlib
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
+
 try:
     from reprlib import Repr
 except ImportError:  # pragma: no cover - Python 2
@@ -54,9 +56,9 @@ DEFAULT_DIRECTION = "both"
 ACTIONS = ("allow", "deny", "log")
 DEFAULT_ACTIONS = ("allow", "deny")
 ACTION_RANK = {"allow": 0, "log": 1, "deny": 2}   # a tie goes deny > log > allow
-PROTOCOLS = {"any": None, "icmp": 1, "tcp": 6, "udp": 17}
-PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
-PORT_PROTOCOLS = (6, 17)
+PROTOCOLS = dict(_abi.PROTOCOLS, any=None)
+PROTOCOL_NAMES = _abi.PROTOCOL_NAMES
+PORT_PROTOCOLS = _abi.PORT_PROTOCOLS
 ANY_WORDS = ("any",)
 
 _DOTTED = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?:/(\d{1,2}))?$")

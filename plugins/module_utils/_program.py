@@ -14,8 +14,10 @@ import os
 import socket
 import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
+from ansible_collections.ebpf.microseg.plugins.module_utils import _difference
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -96,8 +98,8 @@ def desired_config_fields(params, sizes):
     warn = _param(params, "pressure_warning_percent")
     crit = _param(params, "pressure_critical_percent")
     return {
-        "ipv6_mode": _maps.L3_MODES[_param(params, "ipv6")],
-        "other_l3_mode": _maps.L3_MODES[_param(params, "other_l3")],
+        "ipv6_mode": _abi.L3_MODES[_param(params, "ipv6")],
+        "other_l3_mode": _abi.L3_MODES[_param(params, "other_l3")],
         "syn_flood_threshold": _param(params, "syn_flood_threshold"),
         "pressure_warn_sessions": session_max * warn // 100 if crit else 0,
         "pressure_crit_sessions": session_max * crit // 100 if crit else 0,
@@ -106,14 +108,14 @@ def desired_config_fields(params, sizes):
         "flags": config_flags(params),
         "endpoint_half_open_quota": _param(params, "endpoint_half_open_quota"),
         "endpoint_session_quota": _param(params, "endpoint_session_quota", session_max // 2),
-        "degraded_passthrough": _maps.PASSTHROUGH_MODES[_param(params, "degraded_passthrough")],
+        "degraded_passthrough": _abi.PASSTHROUGH_MODES[_param(params, "degraded_passthrough")],
     }
 
 
 def config_flags(params):
     learn = bool(params.get("learn_endpoints"))
-    flags = _maps.CONFIG_FLAG_ANTISPOOF if params.get("endpoints") or learn else 0
-    return flags | (_maps.CONFIG_FLAG_LEARN_ENDPOINTS if learn else 0)
+    flags = _abi.MS_CFG_ANTISPOOF if params.get("endpoints") or learn else 0
+    return flags | (_abi.MS_CFG_LEARN_ENDPOINTS if learn else 0)
 
 
 def _param(params, name, default=None):
@@ -126,18 +128,18 @@ def _param(params, name, default=None):
 
 def _config_view(fields):
     return {
-        "ipv6": _maps.L3_MODE_NAMES.get(fields["ipv6_mode"]),
-        "other_l3": _maps.L3_MODE_NAMES.get(fields["other_l3_mode"]),
+        "ipv6": _abi.L3_MODE_NAMES.get(fields["ipv6_mode"]),
+        "other_l3": _abi.L3_MODE_NAMES.get(fields["other_l3_mode"]),
         "syn_flood_threshold": fields["syn_flood_threshold"],
         "pressure_warn_sessions": fields["pressure_warn_sessions"],
         "pressure_crit_sessions": fields["pressure_crit_sessions"],
         "session_max": fields["session_max"],
         "log_rate": fields["log_rate_per_sec"],
-        "anti_spoofing": bool(fields["flags"] & _maps.CONFIG_FLAG_ANTISPOOF),
-        "learn_endpoints": bool(fields["flags"] & _maps.CONFIG_FLAG_LEARN_ENDPOINTS),
+        "anti_spoofing": bool(fields["flags"] & _abi.MS_CFG_ANTISPOOF),
+        "learn_endpoints": bool(fields["flags"] & _abi.MS_CFG_LEARN_ENDPOINTS),
         "endpoint_half_open_quota": fields["endpoint_half_open_quota"],
         "endpoint_session_quota": fields["endpoint_session_quota"],
-        "degraded_passthrough": _maps.PASSTHROUGH_MODE_NAMES.get(fields["degraded_passthrough"]),
+        "degraded_passthrough": _abi.PASSTHROUGH_MODE_NAMES.get(fields["degraded_passthrough"]),
     }
 
 
@@ -155,7 +157,7 @@ def gather(params, ipr):
     if os.path.exists(os.path.join(pin_path, "endpoint_map")):
         with _maps.PinnedMaps(pin_path, names=["endpoint_map"]) as pinned:
             for key, value in pinned.items("endpoint_map"):
-                if not value.flags & _maps.ENDPOINT_FLAG_LEARNED:   # the monitor's
+                if not value.flags & _abi.ENDPOINT_FLAG_LEARNED:   # the monitor's
                     endpoints[key.value] = endpoint_text(value)
     state["endpoints"] = endpoints
     attached, held = {}, {}
@@ -174,118 +176,165 @@ def gather(params, ipr):
     return state
 
 
+class ProgramPlan:
+    """What one run does: its actions, in order, and its before/after (a DifferenceTracker).
+
+    `actions` is what the module returns (one dict per step); the other fields are what
+    the plan decided and apply must not decide again.
+    """
+
+    def __init__(self, pin_path, state="present"):
+        self.pin_path = pin_path
+        self.state = state
+        self.actions = []
+        self.diff = _difference.DifferenceTracker()
+        self.selected = []
+        self.hooks = []
+        self.skipped_interfaces = []
+        self.cache_key = None
+        self.want_endpoints = None       # {ifindex: "ip[/len][,mac]"}, None: not planned
+        self.want_config = None          # microseg_config fields
+
+    def add(self, action, **fields):
+        fields["action"] = action
+        self.actions.append(fields)
+
+    def kinds(self):
+        return set(act["action"] for act in self.actions)
+
+    def of(self, *kinds):
+        return [act for act in self.actions if act["action"] in kinds]
+
+    def has(self, action, interface):
+        return any(act["action"] == action and act.get("interface") == interface
+                   for act in self.actions)
+
+    @property
+    def before(self):
+        return self.diff.before
+
+    @property
+    def after(self):
+        return self.diff.after
+
+
 def plan(params, sources, current, sizes, missing_ok=False):
     """Compute every action and the before/after views. Pure apart from reading headers.
 
     missing_ok: named interfaces, the bridge and endpoint interfaces that do not exist yet
     are left out instead of refused (the boot restore, before the container runtime).
     """
-    pin_path = params["pin_path"]
-    links = dict((link["name"], link) for link in current["links"])
-    meta = current["meta"] or {}
-    actions = []
-    result = {"pin_path": pin_path}
-
+    out = ProgramPlan(params["pin_path"], params["state"])
     if params["state"] == "absent":
-        for name in sorted(current["attached"]):
-            for hook in sorted(current["attached"][name]):
-                actions.append({"action": "detach", "interface": name, "hook": hook})
-            if name in meta.get("clsact_added", []):
-                actions.append({"action": "remove_clsact", "interface": name})
-        if os.path.isdir(pin_path):
-            actions.append({"action": "unpin", "path": pin_path})
-        before = {"interfaces": _attachment_view(current["attached"]),
-                  "pinned": os.path.isdir(pin_path)}
-        after = {"interfaces": {}, "pinned": False}
-        return actions, before, after, result
-
-    selected = _netlink.select_interfaces(current["links"], params["interfaces"], params["bridge"],
-                                          missing_ok=missing_ok)
-    result["skipped_interfaces"] = [
+        _plan_removal(out, current)
+        return out
+    out.selected = _netlink.select_interfaces(current["links"], params["interfaces"],
+                                              params["bridge"], missing_ok=missing_ok)
+    out.skipped_interfaces = [
         name for name in _netlink.bridge_ports(current["links"], params["bridge"])[1]
-        if name not in selected]
-    hooks = sorted(set(params["hooks"]))
+        if name not in out.selected]
+    out.hooks = sorted(set(params["hooks"]))
+    _refuse_held_hooks(out, current)
+    compiling = _plan_compile(out, sources, current, sizes)
+    _plan_hooks(out, current, compiling)
+    _plan_endpoints(out, params, current, missing_ok)
+    _plan_config(out, params, current, sizes)
+    return out
+
+
+def _plan_removal(out, current):
+    meta = current["meta"] or {}
+    for name in sorted(current["attached"]):
+        for hook in sorted(current["attached"][name]):
+            out.add("detach", interface=name, hook=hook)
+        if name in meta.get("clsact_added", []):
+            out.add("remove_clsact", interface=name)
+    pinned = os.path.isdir(out.pin_path)
+    if pinned:
+        out.add("unpin", path=out.pin_path)
+    out.diff.add("interfaces", _attachment_view(current["attached"]), {})
+    out.diff.add("pinned", pinned, False)
+
+
+def _refuse_held_hooks(out, current):
     held = current.get("held") or {}
-    for name in selected:
-        taken = [(hook, held[name][hook]) for hook in hooks if hook in held.get(name, {})]
+    for name in out.selected:
+        taken = [(hook, held[name][hook]) for hook in out.hooks if hook in held.get(name, {})]
         if taken:
             raise ProgramError(
                 "interfaces: %s %s hook is held by the microseg instance pinned at %s; "
                 "remove it there (state=absent) or leave %s out of this selection"
                 % (name, taken[0][0], taken[0][1], name))
-    key = _loader.cache_key(sources, pin_path, sizes)
-    result["cache_key"] = key
-    have_programs = set(current["programs"]) == set(_loader.PROGRAMS)
-    compile_reason = None
-    if not have_programs:
-        compile_reason = "no pinned program"
-    elif meta.get("cache_key") != key:
-        compile_reason = "source or parameters changed"
-    if compile_reason:
-        actions.append({"action": "compile", "reason": compile_reason})
-        if os.path.isdir(pin_path):
-            mismatched = _loader.map_mismatches(pin_path, sizes)
-            if mismatched:
-                actions.append({"action": "migrate_maps", "maps": mismatched})
 
+
+def _plan_compile(out, sources, current, sizes):
+    """Plan a compile when the pinned program is missing or built from other input."""
+    meta = current["meta"] or {}
+    out.cache_key = _loader.cache_key(sources, out.pin_path, sizes)
+    reason = None
+    if set(current["programs"]) != set(_loader.PROGRAMS):
+        reason = "no pinned program"
+    elif meta.get("cache_key") != out.cache_key:
+        reason = "source or parameters changed"
+    if reason:
+        out.add("compile", reason=reason)
+        if os.path.isdir(out.pin_path):
+            mismatched = _loader.map_mismatches(out.pin_path, sizes)
+            if mismatched:
+                out.add("migrate_maps", maps=mismatched)
+    out.diff.add("cache_key", meta.get("cache_key"), out.cache_key)
+    out.diff.add("sizes", meta.get("sizes"), sizes)
+    return reason is not None
+
+
+def _plan_hooks(out, current, compiling):
+    links = dict((link["name"], link) for link in current["links"])
+    meta = current["meta"] or {}
     program_ids = dict((fn, info["id"]) for fn, info in current["programs"].items())
-    for name in selected:
+    for name in out.selected:
         have = current["attached"].get(name, {})
-        for hook in hooks:
-            function = _loader.HOOK_PROGRAM[hook]
+        for hook in out.hooks:
             entry = have.get(hook)
             if entry is None:
                 if not have and name not in meta.get("clsact_added", []) and \
-                        not _has_clsact_cached(current, links[name]):
-                    if not any(a.get("interface") == name and a["action"] == "add_clsact"
-                               for a in actions):
-                        actions.append({"action": "add_clsact", "interface": name})
-                actions.append({"action": "attach", "interface": name, "hook": hook})
-            elif compile_reason or entry["prog_id"] != program_ids.get(function):
-                actions.append({"action": "replace", "interface": name, "hook": hook,
-                                "old_prog_id": entry["prog_id"]})
+                        not _has_clsact_cached(current, links[name]) and \
+                        not out.has("add_clsact", name):
+                    out.add("add_clsact", interface=name)
+                out.add("attach", interface=name, hook=hook)
+            elif compiling or entry["prog_id"] != program_ids.get(_loader.HOOK_PROGRAM[hook]):
+                out.add("replace", interface=name, hook=hook, old_prog_id=entry["prog_id"])
     for name, have in sorted(current["attached"].items()):
         for hook in sorted(have):
-            if name not in selected or hook not in hooks:
-                actions.append({"action": "detach", "interface": name, "hook": hook})
+            if name not in out.selected or hook not in out.hooks:
+                out.add("detach", interface=name, hook=hook)
+    out.diff.add("interfaces", _attachment_view(current["attached"]),
+                 dict((name, list(out.hooks)) for name in out.selected))
 
+
+def _plan_endpoints(out, params, current, missing_ok):
     by_name = dict((link["name"], link["index"]) for link in current["links"])
-    want_endpoints = {}
+    want = {}
     for interface, address in sorted((params.get("endpoints") or {}).items()):
         if interface not in by_name:
             if missing_ok:
                 continue
             raise ProgramError("endpoints: interface %s does not exist" % interface)
-        want_endpoints[by_name[interface]] = endpoint_text(endpoint_value(address))
-    if want_endpoints != current["endpoints"]:
-        actions.append({"action": "write_endpoints"})
-    result["want_endpoints"] = want_endpoints
+        want[by_name[interface]] = endpoint_text(endpoint_value(address))
+    if want != current["endpoints"]:
+        out.add("write_endpoints")
+    out.want_endpoints = want
+    out.diff.add("endpoints", _endpoint_view(current["endpoints"], current["links"]),
+                 _endpoint_view(want, current["links"]))
 
-    want_config = desired_config_fields(params, sizes)
-    have_config = None
+
+def _plan_config(out, params, current, sizes):
+    out.want_config = desired_config_fields(params, sizes)
+    have = None
     if current["config"] is not None:
-        have_config = dict((k, getattr(current["config"], k)) for k in want_config)
-    if have_config != want_config:
-        actions.append({"action": "write_config"})
-
-    before = {
-        "interfaces": _attachment_view(current["attached"]),
-        "cache_key": meta.get("cache_key"),
-        "sizes": meta.get("sizes"),
-        "config": _config_view(have_config) if have_config else None,
-        "endpoints": _endpoint_view(current["endpoints"], current["links"]),
-    }
-    after = {
-        "interfaces": dict((name, list(hooks)) for name in selected),
-        "cache_key": key,
-        "sizes": sizes,
-        "config": _config_view(want_config),
-        "endpoints": _endpoint_view(want_endpoints, current["links"]),
-    }
-    result["selected"] = selected
-    result["hooks"] = hooks
-    result["want_config"] = want_config
-    return actions, before, after, result
+        have = dict((k, getattr(current["config"], k)) for k in out.want_config)
+    if have != out.want_config:
+        out.add("write_config")
+    out.diff.add("config", _config_view(have) if have else None, _config_view(out.want_config))
 
 
 def _endpoint_view(endpoints, links):
@@ -306,123 +355,63 @@ def _attachment_view(attached):
     return dict((name, sorted(hooks)) for name, hooks in attached.items())
 
 
-def apply(params, sources, current, actions, sizes, headers_fn, ipr):
+def apply(params, sources, current, program_plan, sizes, headers_fn, ipr):
     """Carry the plan out. On any failure the previous program stays attached."""
-    pin_path = params["pin_path"]
     links = dict((link["name"], link) for link in current["links"])
-    meta = dict(current["meta"] or {})
-    report = {"compiled": False}
-
-    if params["state"] == "absent":
-        for act in actions:
-            index = links.get(act.get("interface"), {}).get("index")
-            if act["action"] == "detach" and index:
-                _netlink.detach(ipr, index, act["hook"])
-            elif act["action"] == "remove_clsact" and index:
-                left = [f for hook in HOOKS for f in _netlink.hook_filters(ipr, index, hook)]
-                if not left:
-                    _netlink.del_clsact(ipr, index)
-            elif act["action"] == "unpin":
-                report["unpinned"] = _loader.remove_pins(pin_path)
-        return report
-
-    report["bpffs_mounted"] = _loader.ensure_pin_dir(pin_path)
+    if program_plan.state == "absent":
+        return _apply_removal(program_plan, links, ipr)
+    report = {"compiled": False, "bpffs_mounted": _loader.ensure_pin_dir(program_plan.pin_path)}
     # config_map and microseg_meta are read-modify-written by microseg_policy (the policy
     # epoch) and the monitor too: the host lock keeps a concurrent converge's epoch flip
     # from being written back with the value read before it (or lost in a map migration).
-    with _converge.HostLock(pin_path):
-        return _apply_present(params, sources, current, actions, sizes, headers_fn, ipr,
-                              links, meta, report)
+    with _converge.HostLock(program_plan.pin_path):
+        _apply_present(params, sources, current, program_plan, sizes, headers_fn, ipr, links,
+                       report)
+    return report
 
 
-def _apply_present(params, sources, current, actions, sizes, headers_fn, ipr, links, meta,
+def _apply_removal(program_plan, links, ipr):
+    report = {"compiled": False}
+    for act in program_plan.actions:
+        index = links.get(act.get("interface"), {}).get("index")
+        if act["action"] == "detach" and index:
+            _netlink.detach(ipr, index, act["hook"])
+        elif act["action"] == "remove_clsact" and index:
+            if not [f for hook in HOOKS for f in _netlink.hook_filters(ipr, index, hook)]:
+                _netlink.del_clsact(ipr, index)
+        elif act["action"] == "unpin":
+            report["unpinned"] = _loader.remove_pins(program_plan.pin_path)
+    return report
+
+
+def _apply_present(params, sources, current, program_plan, sizes, headers_fn, ipr, links,
                    report):
-    pin_path = params["pin_path"]
-    kinds = set(act["action"] for act in actions)
-    staged = False
-    fds = {}
+    """Compile (staged), write config and endpoints, switch hooks, promote, detach, record.
+
+    The new programs are pinned under STAGING_SUFFIX until every hook runs them, so a
+    failure anywhere leaves the previous pins and hooks as they were.
+    """
+    pin_path = program_plan.pin_path
+    kinds = program_plan.kinds()
+    meta = dict(current["meta"] or {})
+    fds, staged = {}, False
     try:
         if "compile" in kinds:
-            headers = headers_fn()
-            report["headers"] = dict((k, v) for k, v in headers.items() if k != "env")
-            moved = []
-            migrate = [a for a in actions if a["action"] == "migrate_maps"]
-            if migrate:
-                moved = _loader.set_aside(pin_path, [m["map"] for m in migrate[0]["maps"]])
-            try:
-                fds, seconds = _loader.compile_and_load(sources, pin_path, sizes, headers)
-            except Exception:
-                _restore_set_aside(pin_path, moved)
-                raise
-            report["compiled"] = True
-            report["compile_seconds"] = round(seconds, 3)
-            _loader.pin_programs(fds, pin_path, STAGING_SUFFIX)
+            fds = _compile_staged(sources, program_plan, sizes, headers_fn, meta, report)
             staged = True
-            if moved:
-                report["maps_migrated"] = _loader.migrate_maps(pin_path, moved)
-            meta.update({
-                "cache_key": _loader.cache_key(sources, pin_path, sizes),
-                "source_sha256": _loader.source_hash(sources),
-                "sizes": sizes,
-                "headers": report["headers"],
-                "bcc_version": _loader.bcc_version(),
-                "compiled_at": time.time(),
-                "compile_seconds": report["compile_seconds"],
-            })
         else:
             fds = _loader.open_pinned_programs(pin_path)
-
         if "write_config" in kinds or "compile" in kinds:
-            _write_config(pin_path, params, sizes)
+            _write_config(pin_path, program_plan.want_config)
         if "write_endpoints" in kinds:
-            _write_endpoints(pin_path, plan_endpoints(params, current))
-
-        switched = []
+            _write_endpoints(pin_path, program_plan.want_endpoints)
         clsact_added = set(meta.get("clsact_added", []))
-        try:
-            for act in actions:
-                if act["action"] not in ("add_clsact", "attach", "replace"):
-                    continue
-                index = links[act["interface"]]["index"]
-                if act["action"] == "add_clsact":
-                    if not _netlink.has_clsact(ipr, index):
-                        _netlink.add_clsact(ipr, index)
-                        clsact_added.add(act["interface"])
-                    continue
-                function = _loader.HOOK_PROGRAM[act["hook"]]
-                _netlink.attach(ipr, index, act["hook"], fds[function],
-                                _netlink.filter_name(function, pin_path))
-                switched.append(act)
-        except Exception:
-            _roll_back(ipr, links, switched, pin_path)
-            raise
+        _switch_hooks(program_plan, fds, links, clsact_added, ipr)
         if staged:
             _loader.promote_programs(pin_path, STAGING_SUFFIX)
             staged = False
-
-        for act in actions:
-            if act["action"] == "detach":
-                link = links.get(act["interface"])
-                if link:
-                    _netlink.detach(ipr, link["index"], act["hook"])
-                    if act["interface"] in clsact_added and not any(
-                            _netlink.hook_filters(ipr, link["index"], hook) for hook in HOOKS):
-                        _netlink.del_clsact(ipr, link["index"])
-                        clsact_added.discard(act["interface"])
-
-        attached_now = {}
-        for link in _netlink.list_links(ipr):
-            hooks = [hook for hook in HOOKS
-                     if _netlink.our_filter(ipr, link["index"], hook, pin_path)]
-            if hooks:
-                attached_now[link["name"]] = hooks
-        meta["interfaces"] = attached_now
-        meta["clsact_added"] = sorted(n for n in clsact_added if n in attached_now)
-        meta["pin_path"] = pin_path
-        # What the monitor's auto-attach and the facts' drift check select from.
-        meta["selection"] = {"interfaces": list(params["interfaces"] or []),
-                             "bridge": params["bridge"], "hooks": sorted(set(params["hooks"]))}
-        _loader.write_meta(pin_path, meta)
+        _detach_unselected(program_plan, links, clsact_added, ipr)
+        _record_meta(params, pin_path, meta, clsact_added, ipr)
     finally:
         for fd in fds.values():
             bpf.close(fd)
@@ -431,7 +420,84 @@ def _apply_present(params, sources, current, actions, sizes, headers_fn, ipr, li
                 path = os.path.join(pin_path, pin + STAGING_SUFFIX)
                 if os.path.lexists(path):
                     os.unlink(path)
-    return report
+
+
+def _compile_staged(sources, program_plan, sizes, headers_fn, meta, report):
+    """Compile and load, migrating resized maps; the programs are pinned staged."""
+    pin_path = program_plan.pin_path
+    headers = headers_fn()
+    report["headers"] = dict((k, v) for k, v in headers.items() if k != "env")
+    migrate = program_plan.of("migrate_maps")
+    moved = _loader.set_aside(pin_path, [m["map"] for m in migrate[0]["maps"]]) \
+        if migrate else []
+    try:
+        fds, seconds = _loader.compile_and_load(sources, pin_path, sizes, headers)
+    except Exception:
+        _restore_set_aside(pin_path, moved)
+        raise
+    report["compiled"] = True
+    report["compile_seconds"] = round(seconds, 3)
+    _loader.pin_programs(fds, pin_path, STAGING_SUFFIX)
+    if moved:
+        report["maps_migrated"] = _loader.migrate_maps(pin_path, moved)
+    meta.update({
+        "cache_key": program_plan.cache_key,
+        "source_sha256": _loader.source_hash(sources),
+        "sizes": sizes,
+        "headers": report["headers"],
+        "bcc_version": _loader.bcc_version(),
+        "compiled_at": time.time(),
+        "compile_seconds": report["compile_seconds"],
+    })
+    return fds
+
+
+def _switch_hooks(program_plan, fds, links, clsact_added, ipr):
+    """Attach or replace every planned hook; on a failure put the old programs back."""
+    switched = []
+    try:
+        for act in program_plan.of("add_clsact", "attach", "replace"):
+            index = links[act["interface"]]["index"]
+            if act["action"] == "add_clsact":
+                if not _netlink.has_clsact(ipr, index):
+                    _netlink.add_clsact(ipr, index)
+                    clsact_added.add(act["interface"])
+                continue
+            function = _loader.HOOK_PROGRAM[act["hook"]]
+            _netlink.attach(ipr, index, act["hook"], fds[function],
+                            _netlink.filter_name(function, program_plan.pin_path))
+            switched.append(act)
+    except Exception:
+        _roll_back(ipr, links, switched, program_plan.pin_path)
+        raise
+
+
+def _detach_unselected(program_plan, links, clsact_added, ipr):
+    for act in program_plan.of("detach"):
+        link = links.get(act["interface"])
+        if not link:
+            continue
+        _netlink.detach(ipr, link["index"], act["hook"])
+        if act["interface"] in clsact_added and not any(
+                _netlink.hook_filters(ipr, link["index"], hook) for hook in HOOKS):
+            _netlink.del_clsact(ipr, link["index"])
+            clsact_added.discard(act["interface"])
+
+
+def _record_meta(params, pin_path, meta, clsact_added, ipr):
+    """What the kernel now runs where, read back: the monitor and facts start from it."""
+    attached_now = {}
+    for link in _netlink.list_links(ipr):
+        hooks = [hook for hook in HOOKS if _netlink.our_filter(ipr, link["index"], hook, pin_path)]
+        if hooks:
+            attached_now[link["name"]] = hooks
+    meta["interfaces"] = attached_now
+    meta["clsact_added"] = sorted(n for n in clsact_added if n in attached_now)
+    meta["pin_path"] = pin_path
+    # What the monitor's auto-attach and the facts' drift check select from.
+    meta["selection"] = {"interfaces": list(params["interfaces"] or []),
+                         "bridge": params["bridge"], "hooks": sorted(set(params["hooks"]))}
+    _loader.write_meta(pin_path, meta)
 
 
 def _restore_set_aside(pin_path, moved):
@@ -464,12 +530,6 @@ def _roll_back(ipr, links, switched, pin_path):
             bpf.close(fd)
 
 
-def plan_endpoints(params, current):
-    by_name = dict((link["name"], link["index"]) for link in current["links"])
-    return dict((by_name[name], address)
-                for name, address in (params.get("endpoints") or {}).items() if name in by_name)
-
-
 # -- the record the boot restore reads (_saved_state.py) ------------------------------------
 def plan_saved_state(params, sources):
     """Actions that bring STATE_DIR in line with this run: write the record (state=present,
@@ -500,16 +560,16 @@ def apply_saved_state(params, sources, actions):
 def _write_endpoints(pin_path, wanted):
     with _maps.PinnedMaps(pin_path, names=["endpoint_map"]) as pinned:
         for key, value in list(pinned.items("endpoint_map")):
-            if key.value not in wanted and not value.flags & _maps.ENDPOINT_FLAG_LEARNED:
+            if key.value not in wanted and not value.flags & _abi.ENDPOINT_FLAG_LEARNED:
                 pinned.delete("endpoint_map", key)
         for index, text in wanted.items():
             pinned.update("endpoint_map", _maps.U32(index), endpoint_value(text))
 
 
-def _write_config(pin_path, params, sizes):
+def _write_config(pin_path, fields):
     with _maps.PinnedMaps(pin_path, names=["config_map"]) as pinned:
         config = pinned.config() or _maps.MicrosegConfig()
-        for key, value in desired_config_fields(params, sizes).items():
+        for key, value in fields.items():
             setattr(config, key, value)
         pinned.write_config(config)
 

@@ -55,16 +55,15 @@ def restore_program(record, say):
     ipr = _netlink.open_route()
     try:
         current = _program.gather(params, ipr)
-        actions, _before, after, result = _program.plan(
-            params, sources, current, sizes, missing_ok=True)
-        report = {"step": "program", "actions": len(actions), "compiled": False}
-        if actions:
-            applied = _program.apply(params, sources, current, actions, sizes,
+        program_plan = _program.plan(params, sources, current, sizes, missing_ok=True)
+        report = {"step": "program", "actions": len(program_plan.actions), "compiled": False}
+        if program_plan.actions:
+            applied = _program.apply(params, sources, current, program_plan, sizes,
                                      _loader.find_kernel_headers, ipr)
             report.update((k, applied[k]) for k in ("compiled", "compile_seconds", "headers",
                                                     "bpffs_mounted") if k in applied)
-        report["interfaces"] = sorted(after["interfaces"])
-        report["cache_key"] = result.get("cache_key")
+        report["interfaces"] = sorted(program_plan.after["interfaces"])
+        report["cache_key"] = program_plan.cache_key
     finally:
         ipr.close()
     selection = []

@@ -16,6 +16,7 @@ import collections
 import ctypes
 import struct
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 
@@ -23,11 +24,11 @@ NS_PER_SEC = 1000000000
 TCP = 6
 UDP = 17
 ICMP = 1
-_TCP_CLOSED = (_maps.TCP_STATE["TIME_WAIT"], _maps.TCP_STATE["CLOSE"])
-_TCP_CLOSING = tuple(_maps.TCP_STATE[name] for name in
+_TCP_CLOSED = (_abi.TCP_STATE["TIME_WAIT"], _abi.TCP_STATE["CLOSE"])
+_TCP_CLOSING = tuple(_abi.TCP_STATE[name] for name in
                      ("FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING"))
-_TCP_OPENING = (_maps.TCP_STATE["SYN_SENT"], _maps.TCP_STATE["SYN_RECV"])
-SYN_SENT = _maps.TCP_STATE["SYN_SENT"]
+_TCP_OPENING = (_abi.TCP_STATE["SYN_SENT"], _abi.TCP_STATE["SYN_RECV"])
+SYN_SENT = _abi.TCP_STATE["SYN_SENT"]
 
 # Idle seconds after which the monitor deletes a session, by class. Close to the
 # kernel's conntrack defaults, except established TCP (conntrack keeps it 5 days; a
@@ -112,12 +113,12 @@ def summarize(pinned):
         tally.update(zip(_KEY_STRUCT.iter_unpack(keys), _SUMMARY_STRUCT.iter_unpack(values)))
     by_protocol, by_state, by_action = {}, {}, {}
     for ((protocol,), (action, state)), n in tally.items():
-        name = _maps.PROTOCOL_NAMES.get(protocol, str(protocol))
+        name = _abi.PROTOCOL_NAMES.get(protocol, str(protocol))
         by_protocol[name] = by_protocol.get(name, 0) + n
         if protocol == TCP:
-            label = _maps.TCP_STATES[state] if state < len(_maps.TCP_STATES) else str(state)
+            label = _abi.TCP_STATES[state] if state < len(_abi.TCP_STATES) else str(state)
             by_state[label] = by_state.get(label, 0) + n
-        label = _maps.ACTION_NAMES.get(action, str(action))
+        label = _abi.ACTION_NAMES.get(action, str(action))
         by_action[label] = by_action.get(label, 0) + n
     return {"by_protocol": by_protocol, "tcp_states": by_state, "by_action": by_action,
             "total": sum(by_protocol.values())}

@@ -378,40 +378,39 @@ def main():
     try:
         try:
             current = _program.gather(params, ipr)
-            actions, before, after, result = _program.plan(params, sources, current, sizes)
+            program_plan = _program.plan(params, sources, current, sizes)
             record_actions = _program.plan_saved_state(params, sources)
         except (_netlink.NetlinkError, _program.ProgramError, _loader.LoaderError,
                 _saved_state.SavedStateError) as exc:
             module.fail_json(msg=str(exc))
-        kernel_actions = actions
-        actions = kernel_actions + record_actions
+        actions = program_plan.actions + record_actions
         if params["state_dir"]:
             # The boot restore's record: current / outdated / missing (absent: present / missing)
             recorded = _saved_state.has_saved(params["state_dir"], params["pin_path"])
             if params["state"] == "present":
-                before["saved_state"] = "outdated" if record_actions and recorded else \
-                    ("missing" if record_actions else "current")
-                after["saved_state"] = "current"
+                program_plan.diff.add("saved_state", "outdated" if record_actions and recorded
+                                      else ("missing" if record_actions else "current"),
+                                      "current")
             else:
-                before["saved_state"] = "present" if recorded else "missing"
-                after["saved_state"] = "missing"
+                program_plan.diff.add("saved_state", "present" if recorded else "missing",
+                                      "missing")
         changed = bool(actions)
         output = dict(changed=changed, actions=actions, pin_path=params["pin_path"],
                       compiled=False)
         if params["state"] == "present":
-            output["skipped_interfaces"] = result.get("skipped_interfaces", [])
+            output["skipped_interfaces"] = program_plan.skipped_interfaces
             for name in output["skipped_interfaces"]:
                 module.warn("%s is a port of bridge %s but not a container's (not a veth with "
                             "its peer in another network namespace): not filtered; name it "
                             "in interfaces to filter it anyway" % (name, params["bridge"]))
-        if "cache_key" in result:
-            output["cache_key"] = result["cache_key"]
+        if program_plan.cache_key:
+            output["cache_key"] = program_plan.cache_key
         if module._diff:
-            output["diff"] = dict(before=before, after=after)
+            output["diff"] = program_plan.diff.diff()
         if changed and not module.check_mode:
-            if kernel_actions:
+            if program_plan.actions:
                 try:
-                    report = _program.apply(params, sources, current, kernel_actions, sizes,
+                    report = _program.apply(params, sources, current, program_plan, sizes,
                                             _loader.find_kernel_headers, ipr)
                 except (_loader.LoaderError, _netlink.NetlinkError, _program.ProgramError,
                         OSError) as exc:
@@ -427,7 +426,7 @@ def main():
                                  actions=actions)
         if module.check_mode and changed:
             output["interfaces"] = dict((name, dict((hook, {}) for hook in hooks))
-                                        for name, hooks in after["interfaces"].items())
+                                        for name, hooks in program_plan.after["interfaces"].items())
             output["programs"] = {}
         else:
             output["interfaces"], output["programs"] = _program.describe(params, ipr)

@@ -16,6 +16,7 @@ import struct
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -77,7 +78,7 @@ def test_exact_stream_hits_one_loaded_rule_per_flow(bench_dp):
     sessions = [value for _key, value in dp.maps.items("session_map")]
     assert len(sessions) == 60
     assert set(value.policy_id for value in sessions) == set(range(1000, 1060))
-    assert all(value.action == _maps.ACTIONS["allow"] for value in sessions)
+    assert all(value.action == _abi.ACTIONS["allow"] for value in sessions)
 
 
 def test_floor_rewrites_without_tracking(bench_dp):

@@ -34,8 +34,10 @@ PROGRAM_RUNS = textwrap.dedent("""
         for i in range(runs):
             params["syn_flood_threshold"] = first + i
             sizes = _program.validate(params)
-            _program.apply(params, {}, {"links": [], "meta": {}},
-                           [{"action": "write_config"}], sizes, None, ipr)
+            config_only = _program.ProgramPlan(pin)
+            config_only.add("write_config")
+            config_only.want_config = _program.desired_config_fields(params, sizes)
+            _program.apply(params, {}, {"links": [], "meta": {}}, config_only, sizes, None, ipr)
     finally:
         ipr.close()
     print("written", runs, flush=True)

@@ -15,6 +15,7 @@ import os
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._ringbuf import RingBuffer
@@ -29,7 +30,7 @@ DENY_BOTH = {"egress": "deny", "ingress": "deny"}
 def state_of(dp, lport=40000, rport=80, local=C, remote=R):
     sess = dp.session(local, remote, lport, rport, TCP)
     assert sess is not None, "no session for %s:%d <-> %s:%d" % (local, lport, remote, rport)
-    return _maps.TCP_STATES[sess.state]
+    return _abi.TCP_STATES[sess.state]
 
 
 def assert_reconciles(stats):
@@ -133,7 +134,7 @@ def test_udp_session_is_shared_by_both_directions(dp):
     assert _maps.u32_to_ip(key.src_ip) == C and key.src_port == 40000
     assert _maps.u32_to_ip(key.dst_ip) == R and key.dst_port == 53
     assert value.packets == 3
-    assert value.direction == _maps.DIR_EGRESS
+    assert value.direction == _abi.MS_DIR_EGRESS
     stats = dp.stats()
     assert stats["new_sessions"] == 1
     assert stats["session_hits"] == 2
@@ -148,8 +149,8 @@ def test_session_created_by_ingress_is_keyed_container_first(dp):
     assert len(sessions) == 1
     key, value = sessions[0]
     assert _maps.u32_to_ip(key.src_ip) == C and key.src_port == 53
-    assert value.direction == _maps.DIR_INGRESS
-    assert value.flags & _maps.SESSION_FLAG_INGRESS
+    assert value.direction == _abi.MS_DIR_INGRESS
+    assert value.flags & _abi.SESSION_FLAG_INGRESS
 
 
 def test_reply_of_allowed_flow_passes_under_default_deny(dp):
@@ -270,7 +271,7 @@ def test_tcp_port_reuse_after_close_starts_a_new_flow(dp):
     lookups = dp.stats()["policy_lookups"]
     assert orig(P.SYN, 9000, 0)
     sess = dp.session(C, R, 40000, 80, TCP)
-    assert _maps.TCP_STATES[sess.state] == "SYN_SENT"
+    assert _abi.TCP_STATES[sess.state] == "SYN_SENT"
     assert sess.session_id > first_id and sess.packets == 1 and sess.seq_init == 9000
     assert dp.stats()["policy_lookups"] == lookups + 1
 
@@ -278,8 +279,8 @@ def test_tcp_port_reuse_after_close_starts_a_new_flow(dp):
 def test_mid_stream_tcp_is_picked_up_as_established(dp):
     assert dp.egress(P.tcp_frame(C, R, 40000, 80, P.ACK, 5, 6))
     sess = dp.session(C, R, 40000, 80, TCP)
-    assert _maps.TCP_STATES[sess.state] == "ESTABLISHED"
-    assert sess.flags & _maps.SESSION_FLAG_PICKUP
+    assert _abi.TCP_STATES[sess.state] == "ESTABLISHED"
+    assert sess.flags & _abi.SESSION_FLAG_PICKUP
 
 
 # ---- policy lookup -------------------------------------------------------------------
@@ -318,7 +319,7 @@ def test_remote_cidr_final_verdict(dp):
 def test_full_lpm_chain_remote_local_port_sport(dp):
     """remote /24 -> local /24 -> protocol/port blocks -> source port block."""
     dp.set_config(default_action=DENY_BOTH)
-    cls = dp.policy_set << 1 | _maps.DIR_EGRESS
+    cls = dp.policy_set << 1 | _abi.MS_DIR_EGRESS
     dp.add_remote_cidr("198.18.2.0/24", "egress", next_class=100)
     dp.add_local_cidr(100, "198.18.1.0/24", next_class=200)
     dp.add_port_block(200, TCP, 5432, 16, "allow", policy_id=31)          # exactly 5432
@@ -365,7 +366,7 @@ def test_new_generation_cuts_established_flow_at_next_packet(dp):
     assert not dp.egress(P.tcp_frame(C, R, 40000, 80, P.ACK, 111, 501))
     assert dp.egress(keep)                                                 # still allowed
     sess = dp.session(C, R, 40000, 80, TCP)
-    assert sess.policy_ver == epoch and sess.action == _maps.ACTION_DENY
+    assert sess.policy_ver == epoch and sess.action == _abi.MS_ACTION_DENY
     assert sess.policy_id == 41
     assert dp.stats()["reevaluations"] == 2
 
@@ -513,7 +514,7 @@ def test_log_action_allows_and_emits_rate_limited_events(dp):
     ev = events[0]
     assert (_maps.u32_to_ip(ev.src_ip), _maps.u32_to_ip(ev.dst_ip)) == (C, R)
     assert ev.dst_port == 443 and ev.protocol == TCP and ev.policy_id == 77
-    assert ev.action == _maps.ACTION_LOG and ev.direction == _maps.DIR_EGRESS
+    assert ev.action == _abi.MS_ACTION_LOG and ev.direction == _abi.MS_DIR_EGRESS
     stats = dp.stats()
     assert stats["log_events"] == 3 and stats["log_suppressed"] == 2
     assert stats["allowed_packets"] == 6
@@ -523,7 +524,7 @@ def test_log_action_allows_and_emits_rate_limited_events(dp):
 
 def test_antispoofing_drops_foreign_source_addresses(dp):
     """PROG_TEST_RUN runs on loopback (ifindex 1): bind that 'interface' to C."""
-    dp.set_config(flags=_maps.CONFIG_FLAG_ANTISPOOF)
+    dp.set_config(flags=_abi.MS_CFG_ANTISPOOF)
     dp.maps.update("endpoint_map", _maps.U32(1),
                    _maps.EndpointValue(ip=_maps.ip_to_u32(C)))
     assert dp.egress(P.udp_frame(C, R, 40000, 53))
@@ -533,10 +534,10 @@ def test_antispoofing_drops_foreign_source_addresses(dp):
 
 def _endpoint(dp, prefixlen=0, mac=None):
     """Bind loopback (PROG_TEST_RUN's interface, ifindex 1) to container C."""
-    dp.set_config(flags=_maps.CONFIG_FLAG_ANTISPOOF)
+    dp.set_config(flags=_abi.MS_CFG_ANTISPOOF)
     value = _maps.EndpointValue(ip=_maps.ip_to_u32(C), prefixlen=prefixlen)
     if mac:
-        value.flags = _maps.ENDPOINT_FLAG_MAC
+        value.flags = _abi.ENDPOINT_FLAG_MAC
         value.mac[:] = list(mac)
     dp.maps.update("endpoint_map", _maps.U32(1), value)
 

@@ -25,6 +25,7 @@ import time
 import pytest
 from hypothesis import given, seed, settings, strategies as st
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import normalize
@@ -112,8 +113,8 @@ def run_packet(dp, pkt):
     else:
         session = dp.session(pkt["dst"], pkt["src"], dport, sport, proto)
     if session is not None:
-        assert session.action != _maps.ACTION_DENY, "a denied first packet left a session"
-        decided = (_maps.ACTION_NAMES[session.action], session.policy_id)
+        assert session.action != _abi.MS_ACTION_DENY, "a denied first packet left a session"
+        decided = (_abi.ACTION_NAMES[session.action], session.policy_id)
     else:
         decided = ("deny" if not passed else "untracked", rule_that_decided(dp))
     return passed, decided
@@ -148,7 +149,7 @@ def test_kernel_agrees_with_model(kernel, case, decoy, policy_set):
 def degrade(dp, passthrough):
     """Critical pressure from here on: every new flow is degraded (never tracked)."""
     dp.set_config(pressure_warn_sessions=1, pressure_crit_sessions=1,
-                  degraded_passthrough=_maps.PASSTHROUGH_MODES[passthrough])
+                  degraded_passthrough=_abi.PASSTHROUGH_MODES[passthrough])
     pressure = _maps.MapPressure(total_sessions=1, last_check=time.monotonic_ns())
     dp.maps.write_pressure(pressure)
 

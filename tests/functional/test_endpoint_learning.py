@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_adhoc, run_playbook
 from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath, new_pin_path
@@ -66,11 +67,11 @@ def test_addresses_are_learned_and_given_ones_win(learning):
     wait_for(lambda: web_index in endpoints(pin), 3.0, "web's address never learned")
     entry = endpoints(pin)[web_index]
     assert _maps.u32_to_ip(entry.ip) == web.address and entry.prefixlen == 24
-    assert entry.flags & _maps.ENDPOINT_FLAG_LEARNED and entry.flags & _maps.ENDPOINT_FLAG_MAC
+    assert entry.flags & _abi.ENDPOINT_FLAG_LEARNED and entry.flags & _abi.ENDPOINT_FLAG_MAC
     mac = web.run("cat", "/sys/class/net/eth0/address").stdout.strip()
     assert ":".join("%02x" % b for b in entry.mac) == mac
     given = endpoints(pin)[ifindex(db.host_if)]
-    assert not given.flags & _maps.ENDPOINT_FLAG_LEARNED and given.prefixlen == 0
+    assert not given.flags & _abi.ENDPOINT_FLAG_LEARNED and given.prefixlen == 0
     # The module does not see the monitor's entries as drift, and keeps them.
     again = run_playbook([{"ebpf.microseg.microseg_program": {
         "bridge": lab.bridge, "pin_path": pin, "session_map_size": 4096,
@@ -122,7 +123,7 @@ def test_learned_entries_of_an_earlier_run_go_when_learning_is_off():
     monitor = None
     try:
         learned = _maps.EndpointValue(ip=_maps.ip_to_u32("198.18.110.5"),
-                                      flags=_maps.ENDPOINT_FLAG_LEARNED)
+                                      flags=_abi.ENDPOINT_FLAG_LEARNED)
         given = _maps.EndpointValue(ip=_maps.ip_to_u32("198.18.110.6"))
         dp.maps.update("endpoint_map", _maps.U32(1001), learned)
         dp.maps.update("endpoint_map", _maps.U32(1002), given)

@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 from ansible_collections.ebpf.microseg.tests.harness import packets as P
@@ -61,9 +62,9 @@ def test_peer_packet_does_not_block_the_containers_own_flow(dp, kind):
         assert tcp_w(dp, P.SYN, seq=100)
         assert tcp_d(dp, P.SYN | P.ACK, seq=500, ack=101)
         assert tcp_w(dp, P.ACK, seq=101, ack=501)
-        assert _maps.TCP_STATES[dp.session(W, D, 40000, 5432, TCP).state] == "ESTABLISHED"
+        assert _abi.TCP_STATES[dp.session(W, D, 40000, 5432, TCP).state] == "ESTABLISHED"
     (key, value), = dp.sessions()
-    assert value.direction == _maps.DIR_EGRESS and value.action == _maps.ACTION_ALLOW
+    assert value.direction == _abi.MS_DIR_EGRESS and value.action == _abi.MS_ACTION_ALLOW
     assert value.policy_id == 50
     assert dp.stats()["denied_packets"] == 3
 
@@ -91,7 +92,7 @@ def test_container_packet_does_not_block_the_peers_own_flow(dp, kind):
         assert dp.egress(P.tcp_frame(W, D, 5432, 40000, P.SYN | P.ACK, 500, 101))
         assert dp.ingress(P.tcp_frame(D, W, 40000, 5432, P.ACK, 101, 501))
     (key, value), = dp.sessions()
-    assert value.direction == _maps.DIR_INGRESS and value.policy_id == 51
+    assert value.direction == _abi.MS_DIR_INGRESS and value.policy_id == 51
 
 
 def test_peer_pickup_cannot_carry_the_containers_denied_syn(dp):
@@ -102,7 +103,7 @@ def test_peer_pickup_cannot_carry_the_containers_denied_syn(dp):
     dp.add_remote_cidr(D + "/32", "ingress", "allow", policy_id=52)
     assert tcp_d(dp, P.ACK, seq=500, ack=101)
     before = dp.session(W, D, 40000, 5432, TCP)
-    assert before.flags & _maps.SESSION_FLAG_PICKUP and before.direction == _maps.DIR_INGRESS
+    assert before.flags & _abi.SESSION_FLAG_PICKUP and before.direction == _abi.MS_DIR_INGRESS
     assert not tcp_w(dp, P.SYN, seq=100)
     after = dp.session(W, D, 40000, 5432, TCP)
     assert (after.packets, after.state, after.direction, after.last_seen) == \
@@ -128,11 +129,11 @@ def test_cut_udp_flow_is_no_trap_for_the_other_side(dp):
     _cut(dp, rules)
     assert not dp.egress(P.udp_frame(W, D, 40000, 53))         # web's flow is cut
     sess = dp.session(W, D, 40000, 53, UDP)
-    assert sess.action == _maps.ACTION_DENY and sess.policy_id == 61
+    assert sess.action == _abi.MS_ACTION_DENY and sess.policy_id == 61
     # db's own flow on the same ports is decided as db's: allowed, it takes the slot over.
     assert dp.ingress(P.udp_frame(D, W, 53, 40000))
     sess = dp.session(W, D, 40000, 53, UDP)
-    assert sess.action == _maps.ACTION_ALLOW and sess.direction == _maps.DIR_INGRESS
+    assert sess.action == _abi.MS_ACTION_ALLOW and sess.direction == _abi.MS_DIR_INGRESS
     assert sess.policy_id == 62
     assert dp.stats()["reverse_new_flows"] == 1
 
@@ -157,7 +158,7 @@ def test_cut_tcp_flow_drops_its_packets_but_not_the_other_sides_new_connection(d
     assert not tcp_w(dp, P.ACK, seq=101, ack=501)
     assert tcp_d(dp, P.SYN, seq=9000)                   # db opens its own: allowed
     sess = dp.session(W, D, 40000, 5432, TCP)
-    assert _maps.TCP_STATES[sess.state] == "SYN_SENT" and sess.direction == _maps.DIR_INGRESS
+    assert _abi.TCP_STATES[sess.state] == "SYN_SENT" and sess.direction == _abi.MS_DIR_INGRESS
     assert sess.policy_id == 65 and sess.seq_init == 9000
     assert tcp_w(dp, P.SYN | P.ACK, seq=700, ack=9001)
 
@@ -184,7 +185,7 @@ def test_denied_port_reuse_leaves_no_session(dp):
 
 def _critical(dp, passthrough="default_only"):
     dp.set_config(default_action=DENY_BOTH, pressure_warn_sessions=1, pressure_crit_sessions=1,
-                  degraded_passthrough=_maps.PASSTHROUGH_MODES[passthrough])
+                  degraded_passthrough=_abi.PASSTHROUGH_MODES[passthrough])
     dp.maps.write_pressure(_maps.MapPressure(total_sessions=1, last_check=time.monotonic_ns()))
 
 

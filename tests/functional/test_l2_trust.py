@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _endpoints
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -87,7 +88,7 @@ def bind_endpoints(lab, dp, checks=True):
     dp.maps.clear("endpoint_map")
     if not checks:
         return
-    dp.set_config(flags=_maps.CONFIG_FLAG_ANTISPOOF)
+    dp.set_config(flags=_abi.MS_CFG_ANTISPOOF)
     for ctr in lab.containers.values():
         dp.maps.update("endpoint_map", _maps.U32(ifindex(ctr.host_if)),
                        _maps.EndpointValue(ip=_maps.ip_to_u32(ctr.address), prefixlen=24))

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: ebpf.microseg contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The ctypes mirrors in _maps.py against files/bpf/microseg.h, as a C compiler lays it out."""
+"""_maps.py's ctypes mirrors and _abi.py's constants against files/bpf/microseg.h, as a C
+compiler reads it."""
 
 from __future__ import (absolute_import, division, print_function)
 __metaclass__ = type
@@ -10,11 +11,13 @@ import ctypes
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.harness.datapath import BPF_DIR
 
@@ -31,10 +34,11 @@ def header_structs():
     return out
 
 
-def header_defines():
+def header_define_names():
+    """Every object-like #define of the header but its include guard."""
     with open(HEADER) as handle:
-        return dict((k, int(v, 0)) for k, v in
-                    re.findall(r"#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", handle.read()))
+        names = re.findall(r"^#define\s+(\w+)[ \t]+\S", handle.read(), flags=re.M)
+    return [name for name in names if name != "MICROSEG_H"]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,12 @@ def c_layout():
     structs = header_structs()
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/types.h>",
              '#include "%s"' % HEADER, "int main(void) {"]
+    for name in header_define_names():
+        lines.append('printf("D %s %%lld\\n", (long long)(%s));' % (name, name))
+    for policy_set in (0, 1):
+        for direction in (0, 1):
+            lines.append('printf("R %d %d %%lld\\n", (long long)MS_LPM_ROOT_CLASS(%d, %d));'
+                         % (policy_set, direction, policy_set, direction))
     for name, fields in structs.items():
         lines.append('printf("S %s %%zu\\n", sizeof(struct %s));' % (name, name))
         for field in fields:
@@ -65,7 +75,11 @@ def c_layout():
     layout = {}
     for line in output.splitlines():
         parts = line.split()
-        if parts[0] == "S":
+        if parts[0] == "D":
+            layout.setdefault("#define", {})[parts[1]] = int(parts[2])
+        elif parts[0] == "R":
+            layout.setdefault("#root", {})[(int(parts[1]), int(parts[2]))] = int(parts[3])
+        elif parts[0] == "S":
             layout.setdefault(parts[1], [0, {}])[0] = int(parts[2])
         else:
             layout.setdefault(parts[1], [0, {}])[1][parts[2]] = int(parts[3])
@@ -86,30 +100,43 @@ def test_mirror_matches_c_layout(c_layout, name):
         assert getattr(mirror, field[0]).offset == offsets[field[0]], "%s.%s" % (name, field[0])
 
 
-def test_constants_match_header():
-    defines = header_defines()
-    for name, index in _maps.STAT.items():
-        assert defines["STAT_" + name.upper()] == index
-    assert defines["STAT_MAX"] == _maps.STAT_MAX
-    for index, state in enumerate(_maps.TCP_STATES):
-        assert defines["TCP_" + state] == index
-    assert defines["MS_DIR_EGRESS"] == _maps.DIR_EGRESS
-    assert defines["MS_DIR_INGRESS"] == _maps.DIR_INGRESS
-    for name, value in _maps.ACTIONS.items():
-        assert defines["MS_ACTION_" + name.upper()] == value
-    assert defines["RANGE_FLAG_FINAL"] == _maps.RANGE_FLAG_FINAL
-    assert defines["MS_LPM_CLASS_BITS"] == _maps.LPM_CLASS_BITS
-    assert defines["MS_LPM_PROTOCOL_BITS"] == _maps.LPM_PROTOCOL_BITS
-    assert defines["SESSION_FLAG_PICKUP"] == _maps.SESSION_FLAG_PICKUP
-    assert defines["SESSION_FLAG_SYN_COUNTED"] == _maps.SESSION_FLAG_SYN_COUNTED
+def test_every_header_constant_is_in_abi_under_its_name(c_layout):
+    defines = c_layout["#define"]
+    assert len(defines) > 80      # the header was read, not an empty match
+    wrong = dict((name, (value, getattr(_abi, name, "missing")))
+                 for name, value in defines.items() if getattr(_abi, name, None) != value)
+    assert not wrong, "header value vs _abi: %r" % wrong
 
 
-def test_flag_and_mode_constants_match_header():
-    defines = header_defines()
-    assert defines["MS_CFG_ANTISPOOF"] == _maps.CONFIG_FLAG_ANTISPOOF
-    assert defines["SESSION_FLAG_EP_SYN_COUNTED"] == _maps.SESSION_FLAG_EP_SYN_COUNTED
-    assert defines["ENDPOINT_FLAG_MAC"] == _maps.ENDPOINT_FLAG_MAC
-    assert defines["ENDPOINT_FLAG_LEARNED"] == _maps.ENDPOINT_FLAG_LEARNED
-    assert defines["MS_CFG_LEARN_ENDPOINTS"] == _maps.CONFIG_FLAG_LEARN_ENDPOINTS
-    for name, value in _maps.PASSTHROUGH_MODES.items():
-        assert defines["MS_PASSTHROUGH_" + name.upper()] == value
+def test_abi_holds_no_constant_the_header_lacks(c_layout):
+    """_abi's own numbers are the header's, or the kernel's protocol numbers."""
+    defines = c_layout["#define"]
+    own = [name for name in dir(_abi) if name.isupper() and isinstance(getattr(_abi, name), int)]
+    extra = [name for name in own if name not in defines and not name.startswith("IPPROTO_")]
+    assert extra == []
+    for name in ("IPPROTO_ICMP", "IPPROTO_TCP", "IPPROTO_UDP"):
+        assert getattr(_abi, name) == getattr(socket, name)
+
+
+def test_root_class_matches_the_macro(c_layout):
+    for (policy_set, direction), value in c_layout["#root"].items():
+        assert _abi.ms_lpm_root_class(policy_set, direction) == value
+
+
+def test_tables_follow_the_header_numbering(c_layout):
+    defines = c_layout["#define"]
+    assert [defines["STAT_" + name.upper()] for name in _abi.STAT_NAMES] == \
+        list(range(defines["STAT_MAX"]))
+    assert [defines["TCP_" + state] for state in _abi.TCP_STATES] == \
+        list(range(defines["TCP_STATE_MAX"]))
+    for name, value in _abi.DIRECTIONS.items():
+        assert defines["MS_DIR_" + name.upper()] == value
+    for table, prefix in ((_abi.ACTIONS, "MS_ACTION_"), (_abi.L3_MODES, "MS_L3_"),
+                          (_abi.PASSTHROUGH_MODES, "MS_PASSTHROUGH_")):
+        assert dict((name, defines[prefix + name.upper()]) for name in table) == table
+    assert [defines["PRESSURE_" + level.upper()] for level in _abi.PRESSURE_LEVELS] == [0, 1, 2]
+    assert dict((defines["LOG_REASON_" + name.upper()], name)
+                for name in _abi.LOG_REASONS.values()) == _abi.LOG_REASONS
+    for table in (_abi.DIRECTION_NAMES, _abi.ACTION_NAMES, _abi.L3_MODE_NAMES,
+                  _abi.PASSTHROUGH_MODE_NAMES, _abi.PROTOCOL_NAMES):
+        assert len(set(table.values())) == len(table)

@@ -8,6 +8,7 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -44,7 +45,7 @@ def test_grown_session_value_is_copied_with_a_zeroed_tail():
             key = _maps.SessionKey(src_ip=_maps.ip_to_u32("198.18.1.%d" % (i + 1)),
                                    dst_ip=_maps.ip_to_u32("198.18.2.1"), src_port=40000 + i,
                                    dst_port=80, protocol=6)
-            value = _maps.SessionValue(packets=i + 1, action=_maps.ACTION_ALLOW, state=3,
+            value = _maps.SessionValue(packets=i + 1, action=_abi.MS_ACTION_ALLOW, state=3,
                                        policy_id=7, direction=1)
             items.append((key.pack(), value.pack()[:OLD_VALUE_SIZE]))
         bpf.map_update_batch(old, items, spec.key_size, OLD_VALUE_SIZE, 0)

@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
@@ -124,13 +125,13 @@ def test_udp_session_expires_on_schedule(monitored):
 def test_closed_tcp_session_expires_fast_and_recount_is_true(monitored):
     lab, pin, _monitor = monitored
     assert lab["web"].probe("tcp", lab["db"].address, 5432) == "ok"
-    states = [_maps.TCP_STATES[v.state] for _k, v in flows_to(pin, 5432, 6)]
+    states = [_abi.TCP_STATES[v.state] for _k, v in flows_to(pin, 5432, 6)]
     # The client closed first and the server answered: both sides reach TIME_WAIT or CLOSE,
     # which expire after 1 s (tcp_closed), not the 60 s of half-closed states.
     assert states and set(states) <= {"TIME_WAIT", "CLOSE"}, states
     deadline = time.monotonic() + 3.0
     while flows_to(pin, 5432, 6):
-        assert time.monotonic() < deadline, [(_maps.TCP_STATES[v.state]) for _k, v in
+        assert time.monotonic() < deadline, [(_abi.TCP_STATES[v.state]) for _k, v in
                                              flows_to(pin, 5432, 6)]
         time.sleep(0.05)
     now = time.monotonic_ns()
@@ -154,12 +155,12 @@ def test_syn_flood_raises_counters_and_pressure_while_established_flow_works(mon
         time.sleep(0.6)   # two monitor ticks
         # The bridge floods frames for the unknown MAC to db's port too, where the program
         # sees them as well: count half-open sessions on either port.
-        half_open = [v for _k, v in ghost_flows(pin) if v.state == _maps.TCP_STATE["SYN_SENT"]]
+        half_open = [v for _k, v in ghost_flows(pin) if v.state == _abi.TCP_STATE["SYN_SENT"]]
         current = pressure(pin)
         assert len(half_open) == SYN_THRESHOLD, len(half_open)
         assert current.syn_sent_count == SYN_THRESHOLD
         assert current.total_sessions == len(sessions(pin))
-        assert _maps.PRESSURE_LEVELS[current.pressure_level] == "warning"
+        assert _abi.PRESSURE_LEVELS[current.pressure_level] == "warning"
         assert stats(pin)["tcp_syn_floods"] - floods_before >= 150
         # The established flow is a session hit: the flood guard does not touch it.
         holder.stdin.write("still-there\n")
@@ -269,7 +270,7 @@ def test_metrics_endpoint_parses_and_matches_the_maps(monitored):
     assert families["microseg_up"].samples[0].value == 1
     counters = dict((s.labels["counter"], s.value)
                     for s in families["microseg_datapath"].samples)
-    assert set(counters) == set(_maps.STAT_NAMES)
+    assert set(counters) == set(_abi.STAT_NAMES)
     assert counters["total_packets"] > 0
     live = len(sessions(pin))
     assert abs(families["microseg_sessions"].samples[0].value - live) <= 2

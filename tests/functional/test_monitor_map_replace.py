@@ -12,6 +12,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import run_playbook
 from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
@@ -66,7 +67,7 @@ def test_resized_session_map_is_followed_within_two_ticks():
         info, entries, _pressure = session_map(pin)
         assert info["max_entries"] == 8192
         closed = [v for k, v in entries if k.protocol == 6 and
-                  _maps.TCP_STATES[v.state] in ("TIME_WAIT", "CLOSE")]
+                  _abi.TCP_STATES[v.state] in ("TIME_WAIT", "CLOSE")]
         assert closed, "no closed TCP session in the new map"
         time.sleep(2 * TICK)
         maximum, live = metrics(monitor)

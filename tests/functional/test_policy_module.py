@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import (
@@ -153,7 +154,7 @@ def test_entry_changes_count_what_moved_in_the_kernel(fleet):
                     for key, value in pinned.items("policy_map")
                     if _converge.entry_set("policy_map", key.pack()) == active)
         assert len(list(pinned.raw_items("policy_map"))) == 20
-    assert held[2000] == _maps.ACTION_DENY and held[444] == _maps.ACTION_ALLOW
+    assert held[2000] == _abi.MS_ACTION_DENY and held[444] == _abi.MS_ACTION_ALLOW
     assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
                     state="overridden").task()["changed"] is True
 

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
@@ -148,7 +149,7 @@ def test_degradation_and_quota_options_are_runtime_config(lab):
     with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
         config = pinned.config()
         assert (config.degraded_passthrough, config.endpoint_half_open_quota,
-                config.endpoint_session_quota) == (_maps.PASSTHROUGH_MODES["never"], 64, 0)
+                config.endpoint_session_quota) == (_abi.PASSTHROUGH_MODES["never"], 64, 0)
     assert run_playbook([program_task(pin, lab, **opts)]).task()["changed"] is False
     bad = run_playbook([program_task(pin, lab, endpoint_half_open_quota=-1)])
     assert bad.rc != 0 and "endpoint_half_open_quota" in bad.task()["msg"]
@@ -351,7 +352,7 @@ def test_replacing_the_program_leaves_no_unfiltered_window(lab):
     assert run_playbook([program_task(pin, lab)]).rc == 0
     with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
         cfg = pinned.config()
-        cfg.default_action[0] = cfg.default_action[1] = _maps.ACTION_DENY
+        cfg.default_action[0] = cfg.default_action[1] = _abi.MS_ACTION_DENY
         pinned.write_config(cfg)
     lab.wait_links()
     a, b = lab["a"], lab["b"]
@@ -371,7 +372,7 @@ def test_replacing_the_program_leaves_no_unfiltered_window(lab):
     assert sent > 1000
     assert received == 0
     with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
-        assert pinned.config().default_action[0] == _maps.ACTION_DENY   # config survived
+        assert pinned.config().default_action[0] == _abi.MS_ACTION_DENY   # config survived
 
 
 @pytest.mark.parametrize("breakage,message", [
@@ -409,7 +410,7 @@ def test_anti_spoofing_drops_foreign_source_addresses(lab):
     with _maps.PinnedMaps(pin, names=["endpoint_map", "config_map"]) as pinned:
         entries = dict((k.value, _maps.u32_to_ip(v.ip)) for k, v in pinned.items("endpoint_map"))
         assert list(entries.values()) == [a.address]
-        assert pinned.config().flags & _maps.CONFIG_FLAG_ANTISPOOF
+        assert pinned.config().flags & _abi.MS_CFG_ANTISPOOF
     again = run_playbook([program_task(pin, lab, endpoints={a.host_if: a.address})]).task()
     assert again["changed"] is False
     lab.wait_links()

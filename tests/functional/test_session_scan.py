@@ -12,6 +12,7 @@ import random
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
@@ -34,9 +35,9 @@ def loaded():
                                    dst_ip=_maps.ip_to_u32("198.18.0.1"), src_port=i & 0xffff,
                                    dst_port=80, protocol=protocol)
             value = _maps.SessionValue(packets=1, last_seen=rng.randrange(1, 1 << 40),
-                                       action=rng.choice((_maps.ACTION_ALLOW, _maps.ACTION_DENY,
-                                                          _maps.ACTION_LOG)),
-                                       state=rng.randrange(len(_maps.TCP_STATES)),
+                                       action=rng.choice((_abi.MS_ACTION_ALLOW, _abi.MS_ACTION_DENY,
+                                                          _abi.MS_ACTION_LOG)),
+                                       state=rng.randrange(len(_abi.TCP_STATES)),
                                        ifindex=rng.choice((3, 4, 1000)))
             pairs.append((key, value))
         dp.maps.update_many("session_map", pairs)
@@ -50,10 +51,10 @@ def _reference_summary(pinned):
     by_state = collections.Counter()
     by_action = collections.Counter()
     for key, value in pinned.items("session_map"):
-        by_protocol[_maps.PROTOCOL_NAMES.get(key.protocol, str(key.protocol))] += 1
+        by_protocol[_abi.PROTOCOL_NAMES.get(key.protocol, str(key.protocol))] += 1
         if key.protocol == _sessions.TCP:
-            by_state[_maps.TCP_STATES[value.state]] += 1
-        by_action[_maps.ACTION_NAMES[value.action]] += 1
+            by_state[_abi.TCP_STATES[value.state]] += 1
+        by_action[_abi.ACTION_NAMES[value.action]] += 1
     return {"by_protocol": dict(by_protocol), "tcp_states": dict(by_state),
             "by_action": dict(by_action), "total": sum(by_protocol.values())}
 

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
 from ansible_collections.ebpf.microseg.tests.harness.netlab import PROBE, Lab
@@ -151,5 +152,5 @@ def test_sessions_read_back_from_kernel_match_real_flows(net):
             seen[_maps.u32_to_ip(key.src_ip)] = value
     # a's program keys the flow a-first, b's program b-first (remote port 5432 vs local).
     assert a.address in seen
-    assert _maps.TCP_STATES[seen[a.address].state] in ("TIME_WAIT", "CLOSE", "FIN_WAIT2",
-                                                       "CLOSE_WAIT", "LAST_ACK")
+    assert _abi.TCP_STATES[seen[a.address].state] in ("TIME_WAIT", "CLOSE", "FIN_WAIT2",
+                                                      "CLOSE_WAIT", "LAST_ACK")

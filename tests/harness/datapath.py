@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
@@ -108,8 +109,8 @@ class Datapath:
         """cfg with fields set (default_action as {egress, ingress} names), written back."""
         for key, value in fields.items():
             if key == "default_action":
-                cfg.default_action[0] = _maps.ACTIONS[value["egress"]]
-                cfg.default_action[1] = _maps.ACTIONS[value["ingress"]]
+                cfg.default_action[0] = _abi.ACTIONS[value["egress"]]
+                cfg.default_action[1] = _abi.ACTIONS[value["ingress"]]
             else:
                 setattr(cfg, key, value)
         self.maps.write_config(cfg)
@@ -143,9 +144,9 @@ class Datapath:
                   policy_set=None):
         key = _maps.PolicyKey(
             src_ip=_maps.ip_to_u32(src), dst_ip=_maps.ip_to_u32(dst), src_port=sport,
-            dst_port=dport, protocol=proto, direction=_maps.DIRECTIONS[direction],
+            dst_port=dport, protocol=proto, direction=_abi.DIRECTIONS[direction],
             policy_set=self.policy_set if policy_set is None else policy_set)
-        value = _maps.PolicyValue(policy_id=policy_id, action=_maps.ACTIONS[action])
+        value = _maps.PolicyValue(policy_id=policy_id, action=_abi.ACTIONS[action])
         self.maps.update("policy_map", key, value)
 
     def add_remote_cidr(self, cidr, direction, action=None, policy_id=1, next_class=0,
@@ -154,7 +155,7 @@ class Datapath:
         address, plen = cidr.split("/")
         ps = self.policy_set if policy_set is None else policy_set
         key = _maps.LpmKey(prefixlen=32 + int(plen),
-                           class_id=(ps << 1) | _maps.DIRECTIONS[direction],
+                           class_id=_abi.ms_lpm_root_class(ps, _abi.DIRECTIONS[direction]),
                            ip=_maps.ip_to_u32(address))
         self.maps.update("ip_range_map", key, self._range_value(action, policy_id, next_class))
 
@@ -188,8 +189,8 @@ class Datapath:
     def _range_value(action, policy_id, next_class):
         value = _maps.RangeValue(policy_id=policy_id, next_class=next_class)
         if action is not None:
-            value.action = _maps.ACTIONS[action]
-            value.flags = _maps.RANGE_FLAG_FINAL
+            value.action = _abi.ACTIONS[action]
+            value.flags = _abi.RANGE_FLAG_FINAL
         return value
 
     def rule_hits(self, policy_id):

@@ -13,6 +13,7 @@ __metaclass__ = type
 
 from hypothesis import strategies as st
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
     PolicyError, normalize, parse_cidr, int_to_ip)
 
@@ -34,7 +35,6 @@ PORT_RANGES = ["0-1023", "80-443", "443-443", "1024-65535", "5000-6000", "8000-8
 PORT_ITEMS = SINGLE_PORTS + PORT_RANGES
 PROTOCOLS = ["tcp", "udp", "icmp", "any", 47, "tcp", "udp", "tcp"]
 PACKET_PROTOCOLS = [6, 17, 1, 47, 132]
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
 
 
 @st.composite
@@ -155,7 +155,7 @@ def packets(draw, doc=None):
     direction = rule.get("direction", "both")
     if direction == "both":
         direction = draw(st.sampled_from(["egress", "ingress"]))
-    proto = PROTO_NUMBERS.get(rule.get("protocol"), rule.get("protocol"))
+    proto = _abi.PROTOCOLS.get(rule.get("protocol"), rule.get("protocol"))
     if proto in (None, "any") or draw(st.integers(0, 7)) == 0:
         proto = draw(st.sampled_from(PACKET_PROTOCOLS))
     return {"direction": direction,

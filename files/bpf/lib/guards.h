@@ -158,7 +158,7 @@ static __always_inline int guard_fragment(struct packet *p)
 static __always_inline void fragment_remember(struct packet *p, __u8 action)
 {
     struct frag_key fk;
-    struct frag_value fv = { .first_seen = p->now, .action = action };
+    struct frag_value fv = { .action = action };
     frag_key_of(p, &fk);
     frag_map.update(&fk, &fv);
 }

@@ -48,15 +48,11 @@ static __always_inline int tcp_track(struct session_value *s, __u8 tf, int orig,
         s->state = TCP_CLOSE;
         return 0;
     }
-    if (fin) {
-        __u32 end = seq + payload + 1;
-        if (orig) {
-            s->fin_seq_orig = end;
-            s->flags |= SESSION_FLAG_FIN_ORIG;
-        } else {
-            s->fin_seq_reply = end;
-            s->flags |= SESSION_FLAG_FIN_REPLY;
-        }
+    /* Only the initiator's FIN is remembered: the switch below checks that the responder
+     * acknowledges it (acks_orig_fin); no transition looks at what the responder's covers. */
+    if (fin && orig) {
+        s->fin_seq_orig = seq + payload + 1;
+        s->flags |= SESSION_FLAG_FIN_ORIG;
     }
     int acks_orig_fin = !orig && ack && (s->flags & SESSION_FLAG_FIN_ORIG) &&
                         seq_after_eq(ack_seq, s->fin_seq_orig);
@@ -67,7 +63,6 @@ static __always_inline int tcp_track(struct session_value *s, __u8 tf, int orig,
             return 0;                       /* retransmitted SYN */
         if (syn && ack && !orig) {
             s->state = TCP_SYN_RECV;
-            s->ack_init = seq;
             return 0;
         }
         return -1;
@@ -214,12 +209,12 @@ static __always_inline void init_session(struct session_value *s, struct decisio
     s->policy_id = d->policy_id;
     s->action = d->action;
     s->state = TCP_NONE;
-    s->flags = SESSION_FLAG_POLICY_CACHED | (dir == MS_DIR_INGRESS ? SESSION_FLAG_INGRESS : 0);
+    s->flags = dir == MS_DIR_INGRESS ? SESSION_FLAG_INGRESS : 0;
     s->seq_init = 0;
-    s->ack_init = 0;
+    s->reserved_a = 0;
     s->policy_ver = epoch;
     s->fin_seq_orig = 0;
-    s->fin_seq_reply = 0;
+    s->reserved_b = 0;
     s->parser = 0;
     s->direction = dir;
     s->reserved = 0;

@@ -19,6 +19,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import normalize, parse_cidr
@@ -69,31 +70,31 @@ class Kernel:
             src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, protocol=proto,
             direction=direction, policy_set=policy_set).pack())
         if found is not None:
-            return _maps.ACTION_NAMES[found.action], found.policy_id
+            return _abi.ACTION_NAMES[found.action], found.policy_id
         default = (default_action[packet["direction"]], 0)
         remote, local = (dst, src) if direction == 0 else (src, dst)
         rv = self.lpm("ip_range_map", _maps.LpmKey(
             prefixlen=64, class_id=(policy_set << 1) | direction, ip=remote))
         if rv is None:
             return default
-        if not rv.flags & _maps.RANGE_FLAG_FINAL:
+        if not rv.flags & _abi.RANGE_FLAG_FINAL:
             rv = self.lpm("local_range_map",
                           _maps.LpmKey(prefixlen=64, class_id=rv.next_class, ip=local))
             if rv is None:
                 return default
-        if not rv.flags & _maps.RANGE_FLAG_FINAL:
+        if not rv.flags & _abi.RANGE_FLAG_FINAL:
             key = _maps.PortLpmKey(prefixlen=56, class_id=rv.next_class, protocol=proto)
             key.port[0], key.port[1] = _maps.port_to_bytes(dport)
             rv = self.lpm("port_range_map", key)
             if rv is None:
                 return default
-        if not rv.flags & _maps.RANGE_FLAG_FINAL:
+        if not rv.flags & _abi.RANGE_FLAG_FINAL:
             key = _maps.SportLpmKey(prefixlen=48, class_id=rv.next_class)
             key.port[0], key.port[1] = _maps.port_to_bytes(sport)
             rv = self.lpm("sport_range_map", key)
-            if rv is None or not rv.flags & _maps.RANGE_FLAG_FINAL:
+            if rv is None or not rv.flags & _abi.RANGE_FLAG_FINAL:
                 return default   # a chain longer than four steps: decide() takes the default
-        return _maps.ACTION_NAMES[rv.action], rv.policy_id
+        return _abi.ACTION_NAMES[rv.action], rv.policy_id
 
 
 def simulate(compiled, policy_set, default_action, packet):
@@ -177,7 +178,7 @@ def _structure_problems(compiled, policy_set):
                                            key.class_id & 0x7fffffff < 4):
                 problems.append("%s: class %#x outside set %d" % (name, key.class_id,
                                                                   policy_set))
-            if value.flags & _maps.RANGE_FLAG_FINAL:
+            if value.flags & _abi.RANGE_FLAG_FINAL:
                 if value.policy_id not in compiled.rule_ids.values():
                     problems.append("%s: unknown policy id" % name)
             elif name == "sport_range_map":
@@ -185,7 +186,7 @@ def _structure_problems(compiled, policy_set):
     stages = list(_compiler.MAP_NAMES[1:])
     for here, there in zip(stages, stages[1:]):
         wanted = set(v.next_class for _k, v in getattr(compiled, here)
-                     if not v.flags & _maps.RANGE_FLAG_FINAL)
+                     if not v.flags & _abi.RANGE_FLAG_FINAL)
         present = set(k.class_id for k, _v in getattr(compiled, there))
         if wanted - present:
             problems.append("%s names classes with no %s entry" % (here, there))
@@ -336,7 +337,7 @@ def test_a_rule_that_wins_whatever_follows_ends_the_walk_at_stage_one():
          "action": "deny"},
         {"name": "web-db", "direction": "egress", "src": "198.18.1.0/24",
          "dst": "198.18.2.0/24", "protocol": "tcp", "dst_ports": [5432], "action": "allow"}])
-    finals = [k for k, v in compiled.ip_range_map if v.flags & _maps.RANGE_FLAG_FINAL]
+    finals = [k for k, v in compiled.ip_range_map if v.flags & _abi.RANGE_FLAG_FINAL]
     assert [(k.prefixlen, _maps.u32_to_ip(k.ip)) for k in finals] == [(64, "198.18.2.20")]
     _check(policy, compiled, 0, _pkt(), "deny", "quarantine")
     _check(policy, compiled, 0, _pkt(dst="198.18.2.21"), "allow", "web-db")

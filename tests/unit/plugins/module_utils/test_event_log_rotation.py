@@ -18,6 +18,7 @@ import types
 
 import pytest
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor
 from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor_events
@@ -195,7 +196,7 @@ def test_the_monitor_writes_events_through_the_rotating_log(tmp_path):
         monitor.events = _monitor_events.EventLog(path, options.log_max_bytes, options.log_backups)
         raws = [bytes(_maps.LogEvent(timestamp_ns=seq, src_ip=_maps.ip_to_u32("198.18.1.1"),
                                      dst_ip=_maps.ip_to_u32("198.18.1.2"), src_port=seq,
-                                     dst_port=80, protocol=6, action=_maps.ACTION_LOG,
+                                     dst_port=80, protocol=6, action=_abi.MS_ACTION_LOG,
                                      policy_id=1, ifindex=3))
                 for seq in range(40)]
         monitor.plane = types.SimpleNamespace(

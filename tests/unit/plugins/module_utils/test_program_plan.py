@@ -94,12 +94,18 @@ def test_selection_names_what_is_missing(patterns, bridge, message):
         assert _netlink.select_interfaces(LINKS, patterns, bridge, missing_ok=True) == []
 
 
+def planned(p, sources, current, sizes, **kwargs):
+    """The plan's actions and its before/after, as the module returns them, and the plan."""
+    program_plan = _program.plan(p, sources, current, sizes, **kwargs)
+    return program_plan.actions, program_plan.before, program_plan.after, program_plan
+
+
 def test_a_fresh_host_compiles_adds_clsact_attaches_and_writes_config():
     p = params()
     sizes = _program.validate(p)
     current = {"pin_path": PIN, "links": LINKS, "_ipr": None, "meta": None, "programs": {},
                "config": None, "endpoints": {}, "attached": {}, "held": {}}
-    actions, before, after, result = _program.plan(p, SOURCES, current, sizes)
+    actions, before, after, result = planned(p, SOURCES, current, sizes)
     assert actions[0] == {"action": "compile", "reason": "no pinned program"}
     assert [(a["action"], a.get("interface"), a.get("hook")) for a in actions[1:]] == [
         ("add_clsact", "vethdb", None), ("attach", "vethdb", "egress"),
@@ -107,7 +113,7 @@ def test_a_fresh_host_compiles_adds_clsact_attaches_and_writes_config():
         ("add_clsact", "vethweb", None), ("attach", "vethweb", "egress"),
         ("attach", "vethweb", "ingress"),
         ("write_config", None, None)]
-    assert result["skipped_interfaces"] == ["uplink"]
+    assert result.skipped_interfaces == ["uplink"]
     assert before["interfaces"] == {} and before["cache_key"] is None
     assert after["interfaces"] == {"vethdb": ["egress", "ingress"],
                                    "vethweb": ["egress", "ingress"]}
@@ -117,7 +123,7 @@ def test_a_fresh_host_compiles_adds_clsact_attaches_and_writes_config():
 def test_a_converged_host_plans_nothing():
     p = params()
     current, sizes = installed(p)
-    actions, before, after, _result = _program.plan(p, SOURCES, current, sizes)
+    actions, before, after, _result = planned(p, SOURCES, current, sizes)
     assert actions == []
     assert before == after
 
@@ -126,7 +132,7 @@ def test_a_new_source_replaces_every_filter_in_place():
     p = params()
     current, sizes = installed(p)
     newer = dict(SOURCES, **{"microseg.bpf.c": "int x; /* newer */"})
-    actions, _before, after, _result = _program.plan(p, newer, current, sizes)
+    actions, _before, after, _result = planned(p, newer, current, sizes)
     assert kinds(actions) == ["compile"] + ["replace"] * 4
     assert actions[0]["reason"] == "source or parameters changed"
     assert sorted((a["interface"], a["hook"]) for a in actions[1:]) == [
@@ -139,7 +145,7 @@ def test_a_config_change_alone_writes_config_only():
     p = params()
     current, sizes = installed(p)
     changed = dict(p, syn_flood_threshold=4321)
-    actions, before, after, _result = _program.plan(changed, SOURCES, current, sizes)
+    actions, before, after, _result = planned(changed, SOURCES, current, sizes)
     assert actions == [{"action": "write_config"}]
     assert before["config"]["syn_flood_threshold"] == 10000
     assert after["config"]["syn_flood_threshold"] == 4321
@@ -148,7 +154,7 @@ def test_a_config_change_alone_writes_config_only():
 def test_a_port_that_left_the_selection_is_detached():
     p = params(bridge=None, interfaces=["vethweb"])
     current, sizes = installed(p)
-    actions, _before, after, _result = _program.plan(p, SOURCES, current, sizes)
+    actions, _before, after, _result = planned(p, SOURCES, current, sizes)
     assert actions == [{"action": "detach", "interface": "vethdb", "hook": "egress"},
                        {"action": "detach", "interface": "vethdb", "hook": "ingress"}]
     assert list(after["interfaces"]) == ["vethweb"]
@@ -168,7 +174,7 @@ def test_absent_detaches_our_hooks_and_removes_the_clsact_we_added():
     p = params(state="absent")
     current, sizes = installed(params())
     current["meta"]["clsact_added"] = ["vethweb"]
-    actions, before, after, _result = _program.plan(p, SOURCES, current, sizes)
+    actions, before, after, _result = planned(p, SOURCES, current, sizes)
     assert actions == [
         {"action": "detach", "interface": "vethdb", "hook": "egress"},
         {"action": "detach", "interface": "vethdb", "hook": "ingress"},
@@ -185,8 +191,8 @@ def test_endpoints_for_a_missing_interface_are_refused_unless_missing_ok():
     with pytest.raises(_program.ProgramError) as raised:
         _program.plan(p, SOURCES, current, sizes)
     assert str(raised.value) == "endpoints: interface vethgone does not exist"
-    actions, _b, _a, result = _program.plan(p, SOURCES, current, sizes, missing_ok=True)
-    assert result["want_endpoints"] == {}
+    actions, _b, _a, result = planned(p, SOURCES, current, sizes, missing_ok=True)
+    assert result.want_endpoints == {}
     assert "write_endpoints" not in kinds(actions)
 
 
@@ -219,3 +225,15 @@ def test_both_policy_sets_must_fit_during_the_switch():
                         "in microseg_program)"]
     current["max_entries"]["policy_map"] = 11
     assert _converge.capacity_problems(current, Compiled()) == []
+
+
+def test_the_plan_carries_what_apply_writes():
+    p = params(endpoints={"vethweb": "198.18.1.10"})
+    current, sizes = installed(params())
+    _actions, _before, after, program_plan = planned(p, SOURCES, current, sizes)
+    assert program_plan.want_endpoints == {11: "198.18.1.10"}
+    assert after["endpoints"] == {"vethweb": "198.18.1.10"}
+    assert program_plan.want_config == _program.desired_config_fields(p, sizes)
+    # Endpoints turn anti-spoofing on: the config's flags change with them.
+    assert program_plan.diff.differing() == ["endpoints", "config"]
+    assert kinds(program_plan.actions) == ["write_endpoints", "write_config"]

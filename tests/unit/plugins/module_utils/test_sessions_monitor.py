@@ -12,6 +12,7 @@ import ctypes
 from hypothesis import given, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor
 from ansible_collections.ebpf.microseg.plugins.module_utils import _monitor_events
@@ -20,8 +21,8 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 
 
 def test_timeout_classes_cover_every_tcp_state():
-    classes = dict((name, _sessions.timeout_class(6, _maps.TCP_STATE[name]))
-                   for name in _maps.TCP_STATES)
+    classes = dict((name, _sessions.timeout_class(6, _abi.TCP_STATE[name]))
+                   for name in _abi.TCP_STATES)
     assert classes["TIME_WAIT"] == classes["CLOSE"] == "tcp_closed"
     assert classes["SYN_SENT"] == classes["SYN_RECV"] == "tcp_syn"
     assert classes["ESTABLISHED"] == classes["NONE"] == "tcp_established"
@@ -70,7 +71,7 @@ def test_pressure_level_matches_the_data_plane_thresholds(total, warn, extra):
 
 def test_metrics_render_parses_with_a_prometheus_parser():
     snapshot = {
-        "up": True, "stats": dict((name, i) for i, name in enumerate(_maps.STAT_NAMES)),
+        "up": True, "stats": dict((name, i) for i, name in enumerate(_abi.STAT_NAMES)),
         "maps": {"session_map": {"entries": 10, "max_entries": 100},
                  "stats_map": {"max_entries": 24}},
         "sweep": {"total": 10, "syn_sent": 2}, "pressure_level": 1,
@@ -92,7 +93,7 @@ def test_metrics_render_parses_with_a_prometheus_parser():
 def test_event_record_names_rule_ports_and_interface():
     event = _maps.LogEvent(timestamp_ns=10 ** 9, src_ip=_maps.ip_to_u32("198.18.1.1"),
                            dst_ip=_maps.ip_to_u32("198.18.1.2"), src_port=40000, dst_port=80,
-                           protocol=6, direction=_maps.DIR_INGRESS, action=_maps.ACTION_LOG,
+                           protocol=6, direction=_abi.MS_DIR_INGRESS, action=_abi.MS_ACTION_LOG,
                            reason=1, policy_id=9, ifindex=3, policy_ver=2)
     record = _monitor_events.event_record(event, {9: "web-http"}, {3: "veth0"}, lambda ns: ns / 1e9)
     assert record["rule"] == "web-http" and record["verdict"] == "log"
