@@ -18,6 +18,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _map_migration
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
@@ -224,7 +225,7 @@ def plan(params, sources, current, sizes, missing_ok=False):
     if compile_reason:
         actions.append({"action": "compile", "reason": compile_reason})
         if os.path.isdir(pin_path):
-            mismatched = _loader.map_mismatches(pin_path, sizes)
+            mismatched = _map_migration.map_mismatches(pin_path, sizes)
             if mismatched:
                 actions.append({"action": "migrate_maps", "maps": mismatched})
 
@@ -348,7 +349,7 @@ def _apply_present(params, sources, current, actions, sizes, headers_fn, ipr, li
             moved = []
             migrate = [a for a in actions if a["action"] == "migrate_maps"]
             if migrate:
-                moved = _loader.set_aside(pin_path, [m["map"] for m in migrate[0]["maps"]])
+                moved = _map_migration.set_aside(pin_path, [m["map"] for m in migrate[0]["maps"]])
             try:
                 fds, seconds = _loader.compile_and_load(sources, pin_path, sizes, headers)
             except Exception:
@@ -359,7 +360,7 @@ def _apply_present(params, sources, current, actions, sizes, headers_fn, ipr, li
             _loader.pin_programs(fds, pin_path, STAGING_SUFFIX)
             staged = True
             if moved:
-                report["maps_migrated"] = _loader.migrate_maps(pin_path, moved)
+                report["maps_migrated"] = _map_migration.migrate_maps(pin_path, moved)
             meta.update({
                 "cache_key": _loader.cache_key(sources, pin_path, sizes),
                 "source_sha256": _loader.source_hash(sources),
