@@ -17,13 +17,13 @@ import platform
 import posixpath
 import re
 import shutil
-import struct
 import tempfile
 import time
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _kernel_headers
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _pinned_blob
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
 
 # The program is every C file and header under files/bpf (the lib/ headers included);
@@ -41,6 +41,9 @@ META_MAP = "microseg_meta"
 # bench_flow_map exists only in the MS_BENCH build (bench/run.py).
 OTHER_PINS = ("policy_source", "bench_flow_map")
 META_VALUE_SIZE = 65536
+# One u32-length-framed JSON value in a one-entry array (_pinned_blob's framing).
+META = _pinned_blob.PinnedBlob(META_MAP, bpf.BPF_MAP_TYPE_ARRAY, META_VALUE_SIZE - 4,
+                               json_options={"sort_keys": True})
 LOADER_VERSION = "1"
 
 
@@ -160,41 +163,15 @@ def flatten_sources(sources, main=BPF_MAIN):
 
 def read_meta(pin_path):
     """The loader's record kept in a pinned map beside the others, or None."""
-    path = os.path.join(pin_path, META_MAP)
-    if not os.path.exists(path):
-        return None
-    fd = bpf.obj_get(path)
-    try:
-        raw = bpf.map_lookup(fd, struct.pack("=I", 0), META_VALUE_SIZE)
-    finally:
-        bpf.close(fd)
-    if not raw:
-        return None
-    length = struct.unpack("=I", raw[:4])[0]
-    if not length:
-        return None
-    try:
-        return json.loads(raw[4:4 + length].decode())
-    except ValueError:
-        return None
+    return META.read(pin_path)
 
 
 def write_meta(pin_path, meta):
-    blob = json.dumps(meta, sort_keys=True).encode()
-    if len(blob) + 4 > META_VALUE_SIZE:
-        raise LoaderError("microseg metadata too large (%d bytes)" % len(blob))
-    path = os.path.join(pin_path, META_MAP)
-    if os.path.exists(path):
-        fd = bpf.obj_get(path)
-    else:
-        fd = bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, META_VALUE_SIZE, 1, 0, "microseg_meta")
-        bpf.obj_pin(fd, path)
     try:
-        value = struct.pack("=I", len(blob)) + blob
-        value += b"\0" * (META_VALUE_SIZE - len(value))
-        bpf.map_update(fd, struct.pack("=I", 0), value, 0)
-    finally:
-        bpf.close(fd)
+        chunks = META.encode(meta)
+    except _pinned_blob.BlobTooLarge as exc:
+        raise LoaderError("microseg metadata too large (%d bytes)" % exc.size)
+    META.write(pin_path, chunks)
 
 
 # ---- compile and load ------------------------------------------------------------------

@@ -343,19 +343,43 @@ def port_to_bytes(port):
 class PinnedMaps:
     """The pinned maps of one pin directory, opened by path (no BCC, no compile).
 
+    names=None opens every map of MAP_SPECS; names=[] none (open() or create() them later).
     Use as a context manager so every fd is closed.
     """
 
     def __init__(self, pin_path=DEFAULT_PIN_PATH, names=None):
         self.pin_path = pin_path
         self.fds = {}
-        wanted = names or [spec.name for spec in MAP_SPECS]
+        wanted = [spec.name for spec in MAP_SPECS] if names is None else names
         try:
             for name in wanted:
-                self.fds[name] = bpf.obj_get(os.path.join(pin_path, name))
+                self.open(name)
         except Exception:
             self.close()
             raise
+
+    def open(self, name):
+        """Open the map pinned as <pin_path>/name (any name: a map set aside, the blob
+        maps of _pinned_blob); raises OSError when it is not there."""
+        self.fds[name] = bpf.obj_get(os.path.join(self.pin_path, name))
+        return self.fds[name]
+
+    def create(self, name, map_type, key_size, value_size, max_entries, flags=0):
+        """Create a map, pin it as <pin_path>/name and hold it like the others: for the
+        maps user space keeps beside the program's (BCC creates those)."""
+        fd = bpf.map_create(map_type, key_size, value_size, max_entries, flags, name)
+        try:
+            bpf.obj_pin(fd, os.path.join(self.pin_path, name))
+        except Exception:
+            bpf.close(fd)
+            raise
+        self.fds[name] = fd
+        return fd
+
+    def unpin(self, name):
+        """Close map `name` and remove its pin."""
+        bpf.close(self.fds.pop(name))
+        os.unlink(os.path.join(self.pin_path, name))
 
     def close(self):
         for fd in self.fds.values():
@@ -385,6 +409,17 @@ class PinnedMaps:
 
     def delete(self, name, key):
         return bpf.map_delete(self.fds[name], key.pack())
+
+    # Packed bytes, for maps without a mirror (value_size: the map's, given by the caller).
+    def lookup_bytes(self, name, key, value_size):
+        return bpf.map_lookup(self.fds[name], key, value_size)
+
+    def update_bytes(self, name, key, value, flags=0):
+        bpf.map_update(self.fds[name], key, value, flags)
+
+    def delete_bytes(self, name, key):
+        """True if the key was there."""
+        return bpf.map_delete(self.fds[name], key)
 
     def items(self, name):
         """All entries of a keyed map as (key, value) mirrors, read in batches."""
