@@ -218,8 +218,7 @@ def clear_set(pinned, entries, policy_set):
     for name in POLICY_MAPS:
         keys = [k for k, _v in entries[name][policy_set]]
         if keys:
-            removed += bpf.map_delete_batch(pinned.fd(name), keys,
-                                            _maps.MAP_SPEC[name].key_size)
+            removed += pinned.delete_many(name, keys)
     return removed
 
 

@@ -28,11 +28,8 @@ def map_mismatches(pin_path, sizes):
         path = os.path.join(pin_path, spec.name)
         if not os.path.exists(path):
             continue
-        fd = bpf.obj_get(path)
-        try:
-            info = bpf.map_info(fd)
-        finally:
-            bpf.close(fd)
+        with _maps.PinnedMaps(pin_path, names=[spec.name]) as pinned:
+            info = pinned.info(spec.name)
         want = spec.expected_max_entries(sizes)
         if info["max_entries"] != want or info["type"] != spec.map_type or \
                 info["key_size"] != spec.key_size or info["value_size"] != spec.value_size:
@@ -63,28 +60,22 @@ def migrate_maps(pin_path, names):
     copied = {}
     for name in names:
         spec = _maps.MAP_SPEC[name]
-        old_path = os.path.join(pin_path, name + "_old")
+        old = name + "_old"
         count = 0
         if spec.key is not None and spec.map_type not in (bpf.BPF_MAP_TYPE_PERCPU_ARRAY,):
-            old_fd = bpf.obj_get(old_path)
-            new_fd = bpf.obj_get(os.path.join(pin_path, name))
-            try:
-                new_max = bpf.map_info(new_fd)["max_entries"]
-                old_info = bpf.map_info(old_fd)
+            with _maps.PinnedMaps(pin_path, names=[old, name]) as pinned:
+                new_max = pinned.info(name)["max_entries"]
+                old_info = pinned.info(old)
                 old_value_size = old_info["value_size"]
                 items = []
                 if old_info["key_size"] == spec.key_size and old_value_size <= spec.value_size:
                     tail = b"\0" * (spec.value_size - old_value_size)
-                    for key, value in bpf.map_lookup_batch(old_fd, spec.key_size,
-                                                           old_value_size):
+                    for key, value in pinned.raw_items(old, spec.key_size, old_value_size):
                         items.append((bytes(key), bytes(value) + tail))
                         if len(items) >= new_max:
                             break
                 if items:
-                    count = bpf.map_update_batch(new_fd, items, spec.key_size, spec.value_size, 0)
-            finally:
-                bpf.close(old_fd)
-                bpf.close(new_fd)
-        os.unlink(old_path)
+                    count = pinned.update_packed(name, items)
+        os.unlink(os.path.join(pin_path, old))
         copied[name] = count
     return copied

@@ -398,6 +398,10 @@ class PinnedMaps:
     def info(self, name):
         return bpf.map_info(self.fds[name])
 
+    def map_id(self, name):
+        """The kernel's id of the map held as `name`: a re-created map has a new one."""
+        return self.info(name)["id"]
+
     # -- single-entry helpers ------------------------------------------------------
     def lookup(self, name, key):
         spec = MAP_SPEC[name]
@@ -427,10 +431,32 @@ class PinnedMaps:
         for k, v in bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size):
             yield spec.key.unpack(k), spec.value.unpack(v)
 
-    def raw_items(self, name):
-        """All entries as packed (key, value) bytes: no mirror objects for bulk work."""
+    def raw_items(self, name, key_size=None, value_size=None):
+        """All entries as packed (key, value) bytes: no mirror objects for bulk work.
+
+        The sizes default to the map's spec; a map without one (or set aside with an older
+        layout) takes them from the caller.
+        """
+        key_size, value_size = self._sizes(name, key_size, value_size)
+        return bpf.map_lookup_batch(self.fds[name], key_size, value_size)
+
+    def raw_batches(self, name):
+        """All entries as (keys, values, count) per kernel batch: each batch's packed keys
+        and values end to end, for a pass over a large map without a tuple per entry."""
         spec = MAP_SPEC[name]
-        return bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size)
+        return bpf.map_lookup_batch_raw(self.fds[name], spec.key_size, spec.value_size)
+
+    def delete_many(self, name, keys):
+        """Delete packed keys in batches; returns how many were deleted."""
+        return bpf.map_delete_batch(self.fds[name], keys, MAP_SPEC[name].key_size)
+
+    @staticmethod
+    def _sizes(name, key_size, value_size):
+        if key_size is None or value_size is None:
+            spec = MAP_SPEC[name]
+            key_size = spec.key_size if key_size is None else key_size
+            value_size = spec.value_size if value_size is None else value_size
+        return key_size, value_size
 
     def update_many(self, name, pairs, flags=0):
         return self.update_packed(name, [(k.pack(), v.pack()) for k, v in pairs], flags)
@@ -449,9 +475,7 @@ class PinnedMaps:
         return len(keys)
 
     def count(self, name):
-        spec = MAP_SPEC[name]
-        batches = bpf.map_lookup_batch_raw(self.fds[name], spec.key_size, spec.value_size)
-        return sum(got for _keys, _values, got in batches)
+        return sum(got for _keys, _values, got in self.raw_batches(name))
 
     # -- typed views -----------------------------------------------------------------
     def config(self):
@@ -481,3 +505,16 @@ class PinnedMaps:
         zero = bytes(bpf.percpu_value_size(8))
         for index in range(STAT_MAX):
             bpf.map_update(self.fds["stats_map"], U32(index).pack(), zero, 0)
+
+
+def pinned_map_ids(pin_path, names):
+    """{name: map id} of the names pinned under pin_path now; a name not pinned is left out."""
+    ids = {}
+    for name in names:
+        try:
+            pinned = PinnedMaps(pin_path, names=[name])
+        except OSError:
+            continue
+        with pinned:
+            ids[name] = pinned.map_id(name)
+    return ids
