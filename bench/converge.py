@@ -16,6 +16,7 @@ import pstats
 import sys
 import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _kernel_headers
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.tests.harness.datapath import BPF_DIR, new_pin_path
@@ -55,7 +56,7 @@ def converge_rows(exact=100000, cidr=10000, profile=False):
     rows = []
     try:
         fds, _seconds = _loader.compile_and_load(_loader.read_sources(BPF_DIR), pin, SIZES,
-                                                 _loader.find_kernel_headers())
+                                                 _kernel_headers.find_kernel_headers())
         base = exact_rules(exact) + cidr_rules(cidr)
         seconds, result = run(pin, base)
         rows.append(("first run (%d exact + %d CIDR)" % (exact, cidr), "%.2f" % seconds,

@@ -153,7 +153,7 @@ def rows(seconds=8.0):
     out = []
     try:
         dp = Datapath(sizes=sizes)
-        lab.attach(dp.fds)
+        lab.attach(dp.fds, dp.pin_path)
         lab.wait_links()
         for i in range(TARGET_COUNT):
             lab["flood"].run("ip", "neigh", "replace", TARGETS % (TARGET_FIRST + i), "lladdr",

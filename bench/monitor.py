@@ -80,7 +80,7 @@ def rows(seconds=10.0):
     try:
         dp = Datapath(sizes={"session_map_size": 2000000, "policy_map_size": 1024})
         dp.set_config(syn_flood_threshold=20000)
-        lab.attach(dp.fds)
+        lab.attach(dp.fds, dp.pin_path)
         lab.wait_links()
         ghost = "198.18.104.99"
         lab["web"].run("ip", "neigh", "replace", ghost, "lladdr", "02:00:00:00:00:99", "dev",

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _kernel_headers
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
@@ -313,7 +314,7 @@ class Microseg:
             if not actions:
                 return {}
             return _program.apply(params, self.sources, current, program_plan, sizes,
-                                  _loader.find_kernel_headers, ipr)
+                                  _kernel_headers.find_kernel_headers, ipr)
         finally:
             ipr.close()
 

@@ -64,8 +64,8 @@ class AutoAttach:
                     continue
                 holders = [entry["held_by"] for entry in present if entry["held_by"]]
                 if holders:
-                    self.say("%s %s is held by the instance at %s: left alone"
-                             % (link["name"], hook, holders[0]))
+                    self.say("%s %s is held by %s: left alone"
+                             % (link["name"], hook, _netlink.holder_text(holders[0])))
                     continue
                 function = _loader.HOOK_PROGRAM[hook]
                 _netlink.attach(self.ipr, link["index"], hook, self.plane.programs[function],

@@ -17,15 +17,14 @@ __metaclass__ = type
 
 import fcntl
 import hashlib
-import json
 import os
 import struct
 import time
-import zlib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _pinned_blob
 
 POLICY_MAPS = ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
                "sport_range_map")
@@ -84,70 +83,29 @@ def _without_set(map_name, key, value):
 # The rules as written (normalized), zlib-compressed, in 1 MiB chunks of a hash map keyed
 # (policy_set << 16 | chunk): what `gathered` returns and what the next run compares with.
 
-def _source_fd(pin_path, create):
-    path = os.path.join(pin_path, SOURCE_MAP)
-    if os.path.exists(path):
-        fd = bpf.obj_get(path)
-        info = bpf.map_info(fd)
-        if info["type"] == bpf.BPF_MAP_TYPE_HASH and info["value_size"] == SOURCE_CHUNK + 4:
-            return fd
-        bpf.close(fd)           # an older layout: the maps themselves are the truth
-        os.unlink(path)
-    if not create:
-        return None
-    fd = bpf.map_create(bpf.BPF_MAP_TYPE_HASH, 4, SOURCE_CHUNK + 4, SOURCE_MAX_CHUNKS * 2,
-                        bpf.BPF_F_NO_PREALLOC, "policy_source")
-    bpf.obj_pin(fd, path)
-    return fd
+SOURCE = _pinned_blob.PinnedBlob(
+    SOURCE_MAP, bpf.BPF_MAP_TYPE_HASH, SOURCE_CHUNK, max_chunks=SOURCE_MAX_CHUNKS, slots=2,
+    flags=bpf.BPF_F_NO_PREALLOC,
+    # Level 1: 6% bigger than level 6 at 110,000 rules, in a third of the time.
+    zlib_level=1, json_options={"separators": (",", ":")})
 
 
 def encode_source(document):
     """Compressed chunks; raises ConvergeError before anything is written if too big."""
-    # Level 1: 6% bigger than level 6 at 110,000 rules, in a third of the time.
-    blob = zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 1)
-    chunks = [blob[i:i + SOURCE_CHUNK] for i in range(0, len(blob), SOURCE_CHUNK)] or [b""]
-    if len(chunks) > SOURCE_MAX_CHUNKS:
+    try:
+        return SOURCE.encode(document)
+    except _pinned_blob.BlobTooLarge as exc:
         raise ConvergeError("the policy is %d bytes compressed; at most %d fit beside the maps"
-                            % (len(blob), SOURCE_CHUNK * SOURCE_MAX_CHUNKS))
-    return chunks
+                            % (exc.size, exc.capacity))
 
 
 def read_source(pin_path, policy_set):
     """The rules (as the user wrote them, normalized) that policy set `policy_set` holds."""
-    fd = _source_fd(pin_path, create=False)
-    if fd is None:
-        return None
-    parts = []
-    try:
-        for index in range(SOURCE_MAX_CHUNKS):
-            raw = bpf.map_lookup(fd, struct.pack("=I", policy_set << 16 | index),
-                                 SOURCE_CHUNK + 4)
-            if raw is None:
-                break
-            length = struct.unpack("=I", raw[:4])[0]
-            parts.append(raw[4:4 + length])
-    finally:
-        bpf.close(fd)
-    if not parts:
-        return None
-    try:
-        return json.loads(zlib.decompress(b"".join(parts)).decode())
-    except (zlib.error, ValueError):
-        return None
+    return SOURCE.read(pin_path, policy_set)
 
 
 def write_source(pin_path, policy_set, chunks):
-    fd = _source_fd(pin_path, create=True)
-    try:
-        for index, chunk in enumerate(chunks):
-            value = struct.pack("=I", len(chunk)) + chunk
-            value += b"\0" * (SOURCE_CHUNK + 4 - len(value))
-            bpf.map_update(fd, struct.pack("=I", policy_set << 16 | index), value, 0)
-        for index in range(len(chunks), SOURCE_MAX_CHUNKS):
-            if not bpf.map_delete(fd, struct.pack("=I", policy_set << 16 | index)):
-                break
-    finally:
-        bpf.close(fd)
+    SOURCE.write(pin_path, chunks, policy_set)
 
 
 # ---- lock --------------------------------------------------------------------------------
@@ -263,8 +221,7 @@ def clear_set(pinned, entries, policy_set):
     for name in POLICY_MAPS:
         keys = [k for k, _v in entries[name][policy_set]]
         if keys:
-            removed += bpf.map_delete_batch(pinned.fd(name), keys,
-                                            _maps.MAP_SPEC[name].key_size)
+            removed += pinned.delete_many(name, keys)
     return removed
 
 

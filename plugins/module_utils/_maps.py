@@ -281,19 +281,43 @@ def port_to_bytes(port):
 class PinnedMaps:
     """The pinned maps of one pin directory, opened by path (no BCC, no compile).
 
+    names=None opens every map of MAP_SPECS; names=[] none (open() or create() them later).
     Use as a context manager so every fd is closed.
     """
 
     def __init__(self, pin_path=DEFAULT_PIN_PATH, names=None):
         self.pin_path = pin_path
         self.fds = {}
-        wanted = names or [spec.name for spec in MAP_SPECS]
+        wanted = [spec.name for spec in MAP_SPECS] if names is None else names
         try:
             for name in wanted:
-                self.fds[name] = bpf.obj_get(os.path.join(pin_path, name))
+                self.open(name)
         except Exception:
             self.close()
             raise
+
+    def open(self, name):
+        """Open the map pinned as <pin_path>/name (any name: a map set aside, the blob
+        maps of _pinned_blob); raises OSError when it is not there."""
+        self.fds[name] = bpf.obj_get(os.path.join(self.pin_path, name))
+        return self.fds[name]
+
+    def create(self, name, map_type, key_size, value_size, max_entries, flags=0):
+        """Create a map, pin it as <pin_path>/name and hold it like the others: for the
+        maps user space keeps beside the program's (BCC creates those)."""
+        fd = bpf.map_create(map_type, key_size, value_size, max_entries, flags, name)
+        try:
+            bpf.obj_pin(fd, os.path.join(self.pin_path, name))
+        except Exception:
+            bpf.close(fd)
+            raise
+        self.fds[name] = fd
+        return fd
+
+    def unpin(self, name):
+        """Close map `name` and remove its pin."""
+        bpf.close(self.fds.pop(name))
+        os.unlink(os.path.join(self.pin_path, name))
 
     def close(self):
         for fd in self.fds.values():
@@ -312,6 +336,10 @@ class PinnedMaps:
     def info(self, name):
         return bpf.map_info(self.fds[name])
 
+    def map_id(self, name):
+        """The kernel's id of the map held as `name`: a re-created map has a new one."""
+        return self.info(name)["id"]
+
     # -- single-entry helpers ------------------------------------------------------
     def lookup(self, name, key):
         spec = MAP_SPEC[name]
@@ -324,16 +352,49 @@ class PinnedMaps:
     def delete(self, name, key):
         return bpf.map_delete(self.fds[name], key.pack())
 
+    # Packed bytes, for maps without a mirror (value_size: the map's, given by the caller).
+    def lookup_bytes(self, name, key, value_size):
+        return bpf.map_lookup(self.fds[name], key, value_size)
+
+    def update_bytes(self, name, key, value, flags=0):
+        bpf.map_update(self.fds[name], key, value, flags)
+
+    def delete_bytes(self, name, key):
+        """True if the key was there."""
+        return bpf.map_delete(self.fds[name], key)
+
     def items(self, name):
         """All entries of a keyed map as (key, value) mirrors, read in batches."""
         spec = MAP_SPEC[name]
         for k, v in bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size):
             yield spec.key.unpack(k), spec.value.unpack(v)
 
-    def raw_items(self, name):
-        """All entries as packed (key, value) bytes: no mirror objects for bulk work."""
+    def raw_items(self, name, key_size=None, value_size=None):
+        """All entries as packed (key, value) bytes: no mirror objects for bulk work.
+
+        The sizes default to the map's spec; a map without one (or set aside with an older
+        layout) takes them from the caller.
+        """
+        key_size, value_size = self._sizes(name, key_size, value_size)
+        return bpf.map_lookup_batch(self.fds[name], key_size, value_size)
+
+    def raw_batches(self, name):
+        """All entries as (keys, values, count) per kernel batch: each batch's packed keys
+        and values end to end, for a pass over a large map without a tuple per entry."""
         spec = MAP_SPEC[name]
-        return bpf.map_lookup_batch(self.fds[name], spec.key_size, spec.value_size)
+        return bpf.map_lookup_batch_raw(self.fds[name], spec.key_size, spec.value_size)
+
+    def delete_many(self, name, keys):
+        """Delete packed keys in batches; returns how many were deleted."""
+        return bpf.map_delete_batch(self.fds[name], keys, MAP_SPEC[name].key_size)
+
+    @staticmethod
+    def _sizes(name, key_size, value_size):
+        if key_size is None or value_size is None:
+            spec = MAP_SPEC[name]
+            key_size = spec.key_size if key_size is None else key_size
+            value_size = spec.value_size if value_size is None else value_size
+        return key_size, value_size
 
     def update_many(self, name, pairs, flags=0):
         return self.update_packed(name, [(k.pack(), v.pack()) for k, v in pairs], flags)
@@ -352,9 +413,7 @@ class PinnedMaps:
         return len(keys)
 
     def count(self, name):
-        spec = MAP_SPEC[name]
-        batches = bpf.map_lookup_batch_raw(self.fds[name], spec.key_size, spec.value_size)
-        return sum(got for _keys, _values, got in batches)
+        return sum(got for _keys, _values, got in self.raw_batches(name))
 
     # -- typed views -----------------------------------------------------------------
     def config(self):
@@ -384,3 +443,16 @@ class PinnedMaps:
         zero = bytes(bpf.percpu_value_size(8))
         for index in range(_abi.STAT_MAX):
             bpf.map_update(self.fds["stats_map"], U32(index).pack(), zero, 0)
+
+
+def pinned_map_ids(pin_path, names):
+    """{name: map id} of the names pinned under pin_path now; a name not pinned is left out."""
+    ids = {}
+    for name in names:
+        try:
+            pinned = PinnedMaps(pin_path, names=[name])
+        except OSError:
+            continue
+        with pinned:
+            ids[name] = pinned.map_id(name)
+    return ids

@@ -77,15 +77,7 @@ class DataPlane:
         return self.maps is not None
 
     def _pinned_config_id(self):
-        path = os.path.join(self.pin_path, "config_map")
-        try:
-            fd = bpf.obj_get(path)
-        except OSError:
-            return None
-        try:
-            return bpf.map_info(fd)["id"]
-        finally:
-            bpf.close(fd)
+        return _maps.pinned_map_ids(self.pin_path, ["config_map"]).get("config_map")
 
     def open(self):
         """Open everything; False (and nothing held) when the pins are not there."""
@@ -95,7 +87,8 @@ class DataPlane:
             return False
         try:
             self.maps = _maps.PinnedMaps(self.pin_path)
-            self.ring = _ringbuf.RingBuffer(self.maps.fd("log_events"))
+            self.ring = _ringbuf.RingBuffer(self.maps.fd("log_events"),
+                                            self.maps.info("log_events")["max_entries"])
         except OSError:
             self.close()
             return False
@@ -103,23 +96,13 @@ class DataPlane:
         self.program_ids = {}
         self.refresh_programs()
         self.config_map_id = config_id
-        self.map_ids = dict((name, self.maps.info(name)["id"]) for name in self.maps.fds)
+        self.map_ids = dict((name, self.maps.map_id(name)) for name in self.maps.fds)
         self.replaced = []
         self.checked_at = time.monotonic()
         return True
 
     def _pinned_map_ids(self):
-        ids = {}
-        for name in self.map_ids:
-            try:
-                fd = bpf.obj_get(os.path.join(self.pin_path, name))
-            except OSError:
-                continue
-            try:
-                ids[name] = bpf.map_info(fd)["id"]
-            finally:
-                bpf.close(fd)
-        return ids
+        return _maps.pinned_map_ids(self.pin_path, self.map_ids)
 
     def current(self):
         """Whether the pins still name every map we hold. state=absent removes them; a

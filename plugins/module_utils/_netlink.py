@@ -182,9 +182,17 @@ def filter_name(function, pin_path):
     return "%s@%s" % (function, pin_path.rstrip("/"))
 
 
+FOREIGN_HOLDER = "a BPF filter no microseg instance attached (named %r)"
+
+
+def holder_text(held_by):
+    """held_by as a sentence's object: 'the microseg instance pinned at /x' or the foreign."""
+    return "the microseg instance pinned at %s" % held_by if held_by.startswith("/") else held_by
+
+
 def split_filter_name(name):
     """(program, pin directory) from a filter name; the directory is None for a name
-    without one (filters attached before names carried it)."""
+    without one (no microseg instance attached it)."""
     program, _at, owner = (name or "").partition("@")
     return program or None, owner or None
 
@@ -193,9 +201,9 @@ def hook_filters(ipr, index, hook, pin_path=None):
     """Filters on one hook:
     [{prio, handle, kind, name, program, prog_id, tag, owner, ours, held_by}].
 
-    A BPF filter at our priority and handle is ours when its name records pin_path, or
-    records none (attached before names carried the pin directory); held_by is the pin
-    directory of another instance holding our slot. Without pin_path any such filter is ours.
+    A BPF filter at our priority and handle is ours when its name records pin_path.
+    held_by says who else holds the slot: another instance's pin directory, or
+    holder_text() of a filter no instance named. Without pin_path any such filter is ours.
     """
     out = []
     for msg in ipr.get_filters(index=index, parent=PARENTS[hook]):
@@ -213,9 +221,10 @@ def hook_filters(ipr, index, hook, pin_path=None):
         slot = kind == "bpf" and entry["prio"] == FILTER_PRIO and entry["handle"] == FILTER_HANDLE
         entry["program"], owner = split_filter_name(entry["name"])
         entry["owner"] = owner if slot else None
-        mine = pin_path is None or entry["owner"] in (None, pin_path.rstrip("/"))
+        mine = pin_path is None or entry["owner"] == pin_path.rstrip("/")
         entry["ours"] = slot and mine
-        entry["held_by"] = entry["owner"] if slot and not mine else None
+        entry["held_by"] = (entry["owner"] or FOREIGN_HOLDER % (entry["name"] or "")) \
+            if slot and not mine else None
         out.append(entry)
     return out
 

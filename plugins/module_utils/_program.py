@@ -20,6 +20,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _difference
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _map_migration
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _program_options
@@ -261,10 +262,12 @@ def _refuse_held_hooks(out, current):
     for name in out.selected:
         taken = [(hook, held[name][hook]) for hook in out.hooks if hook in held.get(name, {})]
         if taken:
+            hook, holder = taken[0]
+            remedy = "remove it there (state=absent)" if holder.startswith("/") else \
+                "remove that filter (tc filter del dev %s %s)" % (name, hook)
             raise ProgramError(
-                "interfaces: %s %s hook is held by the microseg instance pinned at %s; "
-                "remove it there (state=absent) or leave %s out of this selection"
-                % (name, taken[0][0], taken[0][1], name))
+                "interfaces: %s %s hook is held by %s; %s or leave %s out of this selection"
+                % (name, hook, _netlink.holder_text(holder), remedy, name))
 
 
 def _plan_compile(out, sources, current, sizes):
@@ -279,7 +282,7 @@ def _plan_compile(out, sources, current, sizes):
     if reason:
         out.add("compile", reason=reason)
         if os.path.isdir(out.pin_path):
-            mismatched = _loader.map_mismatches(out.pin_path, sizes)
+            mismatched = _map_migration.map_mismatches(out.pin_path, sizes)
             if mismatched:
                 out.add("migrate_maps", maps=mismatched)
     out.diff.add("cache_key", meta.get("cache_key"), out.cache_key)
@@ -428,7 +431,7 @@ def _compile_staged(sources, program_plan, sizes, headers_fn, meta, report):
     headers = headers_fn()
     report["headers"] = dict((k, v) for k, v in headers.items() if k != "env")
     migrate = program_plan.of("migrate_maps")
-    moved = _loader.set_aside(pin_path, [m["map"] for m in migrate[0]["maps"]]) \
+    moved = _map_migration.set_aside(pin_path, [m["map"] for m in migrate[0]["maps"]]) \
         if migrate else []
     try:
         fds, seconds = _loader.compile_and_load(sources, pin_path, sizes, headers)
@@ -439,7 +442,7 @@ def _compile_staged(sources, program_plan, sizes, headers_fn, meta, report):
     report["compile_seconds"] = round(seconds, 3)
     _loader.pin_programs(fds, pin_path, STAGING_SUFFIX)
     if moved:
-        report["maps_migrated"] = _loader.migrate_maps(pin_path, moved)
+        report["maps_migrated"] = _map_migration.migrate_maps(pin_path, moved)
     meta.update({
         "cache_key": program_plan.cache_key,
         "source_sha256": _loader.source_hash(sources),

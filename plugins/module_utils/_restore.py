@@ -5,12 +5,13 @@
 
 bpffs is empty after a reboot and the kernel holds no filter. For every instance recorded
 under the state directory (_saved_state.py) this mounts bpffs, compiles the recorded BPF
-source against this kernel's headers (or the fallback tree, _loader.find_kernel_headers),
-pins, attaches to the selected interfaces that exist now (a container runtime's bridge and
-ports usually do not yet: the monitor attaches them as they appear), and converges the
-recorded policy - the same plan and apply code the modules run, so a restore is an Ansible
-run without Ansible. Progress goes to stdout (the journal under systemd); the result goes to
-restore.json beside the record, where microseg_facts reads it.
+source against this kernel's headers (or the fallback tree,
+_kernel_headers.find_kernel_headers), pins, attaches to the selected interfaces that exist
+now (a container runtime's bridge and ports usually do not yet: the monitor attaches them
+as they appear), and converges the recorded policy - the same plan and apply code the
+modules run, so a restore is an Ansible run without Ansible. Progress goes to stdout (the
+journal under systemd); the result goes to restore.json beside the record, where
+microseg_facts reads it.
 
 Exit status 0 when every instance is enforcing again (or nothing was recorded), 1 otherwise:
 microseg.service then fails, and with the role's microseg_boot_failure=block the container
@@ -26,6 +27,7 @@ import sys
 import time
 import traceback
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _kernel_headers
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
@@ -59,7 +61,7 @@ def restore_program(record, say):
         report = {"step": "program", "actions": len(program_plan.actions), "compiled": False}
         if program_plan.actions:
             applied = _program.apply(params, sources, current, program_plan, sizes,
-                                     _loader.find_kernel_headers, ipr)
+                                     _kernel_headers.find_kernel_headers, ipr)
             report.update((k, applied[k]) for k in ("compiled", "compile_seconds", "headers",
                                                     "bpffs_mounted") if k in applied)
         report["interfaces"] = sorted(program_plan.after["interfaces"])

@@ -15,18 +15,17 @@ __metaclass__ = type
 import mmap
 import struct
 
-from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
-
 RINGBUF_BUSY_BIT = 1 << 31
 RINGBUF_DISCARD_BIT = 1 << 30
 RINGBUF_HDR_SZ = 8
 
 
 class RingBuffer:
+    """fd: a BPF_MAP_TYPE_RINGBUF map; size: its data area in bytes (its max_entries)."""
 
-    def __init__(self, fd):
+    def __init__(self, fd, size):
         self.page = mmap.PAGESIZE
-        self.size = bpf.map_info(fd)["max_entries"]
+        self.size = size
         self._consumer = mmap.mmap(fd, self.page, mmap.MAP_SHARED,
                                    mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._producer = mmap.mmap(fd, self.page + 2 * self.size, mmap.MAP_SHARED,

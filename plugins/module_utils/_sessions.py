@@ -17,7 +17,6 @@ import ctypes
 import struct
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
-from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 
 NS_PER_SEC = 1000000000
@@ -101,7 +100,7 @@ def timeout_class(protocol, state):
 
 
 def _chunks(pinned):
-    return bpf.map_lookup_batch_raw(pinned.fd("session_map"), KEY_SIZE, VALUE_SIZE)
+    return pinned.raw_batches("session_map")
 
 
 def summarize(pinned):
@@ -178,7 +177,7 @@ def sweep(pinned, now_ns, timeouts, delete=True):
                     usage[1] += 1
     deleted = 0
     if doomed and delete:
-        deleted = bpf.map_delete_batch(pinned.fd("session_map"), doomed, KEY_SIZE)
+        deleted = pinned.delete_many("session_map", doomed)
     return {"total": total - (deleted if delete else 0), "syn_sent": syn_sent,
             "expired": deleted if delete else len(doomed), "expired_by_class": by_class,
             "by_endpoint": dict(by_endpoint)}

@@ -314,6 +314,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
+from ansible_collections.ebpf.microseg.plugins.module_utils import _kernel_headers
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.plugins.module_utils import _privilege
@@ -411,7 +412,7 @@ def main():
             if program_plan.actions:
                 try:
                     report = _program.apply(params, sources, current, program_plan, sizes,
-                                            _loader.find_kernel_headers, ipr)
+                                            _kernel_headers.find_kernel_headers, ipr)
                 except (_loader.LoaderError, _netlink.NetlinkError, _program.ProgramError,
                         OSError) as exc:
                     module.fail_json(msg="microseg_program: %s (the previous program, if any, "

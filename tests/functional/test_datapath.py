@@ -501,7 +501,7 @@ def test_syn_flood_guard_uses_a_real_syn_sent_count(dp):
 def test_log_action_allows_and_emits_rate_limited_events(dp):
     dp.set_config(default_action=DENY_BOTH, log_rate_per_sec=3)
     fd = dp.maps.fd("log_events")
-    with RingBuffer(fd) as ring:
+    with RingBuffer(fd, dp.maps.info("log_events")["max_entries"]) as ring:
         ring.drain()
         for port in range(5):
             dp.add_exact(C, R, 40000 + port, 443, TCP, "egress", "log", policy_id=77)

@@ -68,7 +68,7 @@ def lab():
     processes = []
     try:
         dp = Datapath(sizes={"session_map_size": 8192})
-        net.attach(dp.fds)
+        net.attach(dp.fds, dp.pin_path)
         # The router: one leg on the bridge (not a container port: no program), one leg to
         # the far namespace whose router side has MTU 1280 (the far side keeps 1500, so
         # the far host advertises MSS 1460 and the client's full-size segments meet the

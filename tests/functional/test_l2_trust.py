@@ -20,7 +20,7 @@ import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _endpoints
-from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _kernel_headers
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
 from ansible_collections.ebpf.microseg.tests.harness.datapath import Datapath
@@ -73,7 +73,7 @@ def attached():
     dp = None
     try:
         dp = Datapath(sizes={"session_map_size": 8192})
-        lab.attach(dp.fds)
+        lab.attach(dp.fds, dp.pin_path)
         lab.wait_links()
         lab["db"].serve("tcp", 5432)
         yield lab, dp
@@ -193,7 +193,7 @@ def test_offloaded_vlan_tag_follows_the_other_l3_mode(attached):
     lab, dp = attached
     bind_endpoints(lab, dp, checks=False)
     web = lab["web"]
-    with _loader.headers_environment(_loader.find_kernel_headers()):
+    with _kernel_headers.headers_environment(_kernel_headers.find_kernel_headers()):
         pusher = BPF(text=VLAN_PUSH.encode())
     fn = pusher.load_func(b"push_vlan", BPF.SCHED_CLS)
     web.run("ip", "route", "add", "198.18.109.0/24", "dev", "eth0")

@@ -11,6 +11,7 @@ import os
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
+from ansible_collections.ebpf.microseg.plugins.module_utils import _map_migration
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
 
@@ -49,7 +50,7 @@ def test_grown_session_value_is_copied_with_a_zeroed_tail():
                                        policy_id=7, direction=1)
             items.append((key.pack(), value.pack()[:OLD_VALUE_SIZE]))
         bpf.map_update_batch(old, items, spec.key_size, OLD_VALUE_SIZE, 0)
-        copied = _loader.migrate_maps(pin, ["session_map"])
+        copied = _map_migration.migrate_maps(pin, ["session_map"])
         assert copied == {"session_map": 10}
         assert not os.path.exists(os.path.join(pin, "session_map_old"))
         got = dict((bytes(k), _maps.SessionValue.unpack(v)) for k, v in

@@ -371,7 +371,7 @@ def test_facts_name_rule_hits_versions_and_drift(monitored):
         fds = _loader.open_pinned_programs(pin)
         try:
             _netlink.attach(ipr, index, "egress", fds["microseg_to_container"],
-                            "microseg_to_container")
+                            _netlink.filter_name("microseg_to_container", pin))
         finally:
             for fd in fds.values():
                 os.close(fd)

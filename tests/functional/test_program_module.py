@@ -471,3 +471,32 @@ def test_two_instances_in_one_namespace_leave_each_other_alone(lab):
         run_playbook([{"ebpf.microseg.microseg_program": {"state": "absent",
                                                           "pin_path": other_pin}}])
         other_lab.destroy(pin_path=other_pin)
+
+
+def test_a_filter_no_instance_named_in_our_slot_is_refused_not_taken(lab):
+    """Our priority and handle held by a filter whose name records no pin directory (another
+    tool's): the module names it and changes nothing, where it used to call it its own."""
+    lab, pin = lab
+    assert run_playbook([program_task(pin, lab)]).rc == 0
+    victim = sorted(attachments(lab))[0]
+    ipr = _netlink.open_route()
+    fds = _loader.open_pinned_programs(pin)
+    try:
+        index = ipr.link_lookup(ifname=victim)[0]
+        _netlink.attach(ipr, index, "ingress", fds["microseg_from_container"], "other_tool")
+        foreign = _netlink.hook_filters(ipr, index, "ingress", pin)[0]
+        assert (foreign["ours"], foreign["held_by"]) == \
+            (False, "a BPF filter no microseg instance attached (named 'other_tool')")
+        before = attachments(lab)
+        refused = run_playbook([program_task(pin, lab)])
+        assert refused.rc != 0
+        message = refused.task()["msg"]
+        assert "%s ingress hook is held by a BPF filter no microseg instance attached " \
+               "(named 'other_tool')" % victim in message, message
+        assert "tc filter del dev %s ingress" % victim in message, message
+        assert attachments(lab) == before
+        assert _netlink.hook_filters(ipr, index, "ingress", pin)[0]["name"] == "other_tool"
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        ipr.close()

@@ -32,7 +32,7 @@ def attached():
     dp = None
     try:
         dp = Datapath(sizes={"session_map_size": 8192})
-        lab.attach(dp.fds)
+        lab.attach(dp.fds, dp.pin_path)
         lab.wait_links()
         for ctr in lab.containers.values():
             ctr.serve("tcp", 5432)

@@ -12,6 +12,7 @@ import uuid
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.ebpf.microseg.plugins.module_utils import _kernel_headers
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.tests.harness import bpf_syscall_extra as bpfx
@@ -52,7 +53,7 @@ class Datapath:
         self.pin_path = pin_path or new_pin_path()
         os.makedirs(self.pin_path)
         self.sources = _loader.read_sources(BPF_DIR)
-        self.headers = _loader.find_kernel_headers()
+        self.headers = _kernel_headers.find_kernel_headers()
         self.fds, self.compile_seconds = _loader.compile_and_load(
             self.sources, self.pin_path, self.sizes, self.headers, functions, defines)
         self.maps = _maps.PinnedMaps(self.pin_path)

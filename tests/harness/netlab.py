@@ -133,8 +133,9 @@ class Lab:
             sh("ip", "netns", "del", ctr.netns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
 
-    def attach(self, fds):
-        """Put a compiled datapath's programs (Datapath.fds) on both hooks of every port."""
+    def attach(self, fds, pin_path):
+        """Put a compiled datapath's programs (Datapath.fds) on both hooks of every port,
+        named for the pin directory of their instance, as microseg_program names them."""
         ipr = _netlink.open_route()
         try:
             for ctr in self.containers.values():
@@ -142,7 +143,8 @@ class Lab:
                 _netlink.add_clsact(ipr, index)
                 for hook in ("ingress", "egress"):
                     function = _loader.HOOK_PROGRAM[hook]
-                    _netlink.attach(ipr, index, hook, fds[function], function)
+                    _netlink.attach(ipr, index, hook, fds[function],
+                                    _netlink.filter_name(function, pin_path))
         finally:
             ipr.close()
 
