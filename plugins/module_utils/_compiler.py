@@ -35,6 +35,7 @@ import struct
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import rank as _verdict_rank
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
     ACTION_RANK, PORT_PROTOCOLS, port_specificity)
 
@@ -102,7 +103,7 @@ class _Cand:
     def key(self, sspec=0):
         """The model's rank (non-exact rules), then the earlier rule on a full tie."""
         rule = self.rule
-        return (self.remote_len, self.local_len, self.dspec, sspec,
+        return (rule.tier_rank, self.remote_len, self.local_len, self.dspec, sspec,
                 0 if rule.protocol is None else 1, ACTION_RANK[rule.action], -rule.index)
 
 
@@ -253,6 +254,7 @@ class _Compiler:
         self.out = CompiledPolicy(policy_set)
         self.classes = {}
         self.counter = _abi.MS_LPM_CLASS_BASE
+        self.higher_tiers = {}      # tier_rank -> the non-exact rules of the tiers above
 
     def class_id(self, key):
         """(class id, new?) for one candidate situation of one stage."""
@@ -267,14 +269,19 @@ class _Compiler:
 
     # -- exact rules ----------------------------------------------------------------------
     def exact(self):
+        """policy_map entries: an exact rule wins its 5-tuple, unless a rule of a higher
+        tier matches it too (then no entry: the LPM walk, which holds the other rules,
+        finds that one)."""
         seen = set()
         out = self.out.packed["policy_map"]
-        for rule in self.policy.rules:
-            if not rule.exact:
-                continue
+        exact = sorted((rule for rule in self.policy.rules if rule.exact),
+                       key=lambda rule: -rule.tier_rank)     # stable: then the order listed
+        for rule in exact:
             addresses = _POLICY_ADDRESSES.pack(rule.src_prefixes[0][0], rule.dst_prefixes[0][0])
             value = _POLICY_VALUE.pack(rule.policy_id, _abi.ACTIONS[rule.action], 0, 0, 0, 0)
             for direction in rule.directions:
+                if self._outranked(rule, direction):
+                    continue
                 key = addresses + _POLICY_KEY_REST.pack(
                     rule.src_ports[0][0], rule.dst_ports[0][0], rule.protocol,
                     _abi.DIRECTIONS[direction], self.policy_set, 0)
@@ -282,6 +289,17 @@ class _Compiler:
                     continue      # the same 5-tuple again: the first rule listed wins
                 seen.add(key)
                 out.append((key, value))
+
+    def _outranked(self, rule, direction):
+        """Does a non-exact rule of a higher tier match rule's one packet?"""
+        higher = self.higher_tiers.get(rule.tier_rank)
+        if higher is None:
+            higher = [r for r in self.policy.rules
+                      if r.tier_rank > rule.tier_rank and not r.exact]
+            self.higher_tiers[rule.tier_rank] = higher
+        point = (rule.src_prefixes[0][0], rule.dst_prefixes[0][0], rule.protocol,
+                 rule.src_ports[0][0], rule.dst_ports[0][0])
+        return any(_verdict_rank(other, direction, *point) is not None for other in higher)
 
     # -- stage 1: remote prefix -------------------------------------------------------------
     def remote_stage(self, direction):
@@ -304,7 +322,7 @@ class _Compiler:
     def after_remote(self, direction, cands):
         live, winner = _prune(
             cands, lambda c: c.rule.local(direction) is None and c.rule.protocol is None,
-            lambda c: c.remote_len)
+            lambda c: (c.rule.tier_rank, c.remote_len))
         if winner is not None:
             return _final(winner)
         # The container is src for egress and dst for ingress: never share across.
@@ -325,7 +343,7 @@ class _Compiler:
     # -- stage 3: protocol and destination port ---------------------------------------------
     def after_local(self, cands):
         live, winner = _prune(cands, lambda c: c.rule.protocol is None,
-                              lambda c: (c.remote_len, c.local_len))
+                              lambda c: (c.rule.tier_rank, c.remote_len, c.local_len))
         if winner is not None:
             return _final(winner)
         cid, new = self.class_id(("port", _signature(live, ("remote_len", "local_len"))))
@@ -373,7 +391,7 @@ class _Compiler:
     # -- stage 4: source port ----------------------------------------------------------------
     def after_dport(self, cands):
         live, winner = _prune(cands, lambda c: c.rule.src_ports is None,
-                              lambda c: (c.remote_len, c.local_len, c.dspec))
+                              lambda c: (c.rule.tier_rank, c.remote_len, c.local_len, c.dspec))
         if winner is not None:
             return _final(winner)
         cid, new = self.class_id(("sport", _signature(live, ("remote_len", "local_len",

@@ -50,7 +50,8 @@ except ImportError as _exc:  # pragma: no cover - depends on the host
     HAS_NETADDR = False
     NETADDR_IMPORT_ERROR = _exc
 
-RULE_KEYS = ("name", "direction", "src", "dst", "protocol", "dst_ports", "src_ports", "action")
+RULE_KEYS = ("name", "direction", "src", "dst", "protocol", "dst_ports", "src_ports", "action",
+             "tier")
 DIRECTIONS = {"egress": ("egress",), "ingress": ("ingress",), "both": ("egress", "ingress")}
 DEFAULT_DIRECTION = "both"
 ACTIONS = ("allow", "deny", "log")
@@ -589,7 +590,7 @@ class Rule:
     """One canonical rule (see the module docstring)."""
 
     __slots__ = ("name", "index", "policy_id", "direction", "directions", "src_prefixes", "dst_prefixes", "protocol", "dst_ports", "src_ports",
-                 "action", "exact", "_canonical")
+                 "action", "exact", "tier", "tier_rank", "_canonical")
 
     def __init__(self, name, index, direction, src, dst, protocol, dst_ports, src_ports,
                  action, canonical=None):
@@ -605,6 +606,8 @@ class Rule:
         self.src_ports = src_ports
         self.action = action
         self.exact = _is_exact(self)
+        self.tier = None            # the tier named, None: the last tier (or no tiers)
+        self.tier_rank = 0          # bigger decides first; the last tier is 0
         self._canonical = canonical or {}
 
     @property
@@ -624,8 +627,9 @@ class Rule:
         return self.src_prefixes if direction == "egress" else self.dst_prefixes
 
     def match_key(self, direction):
-        """What traffic the rule matches in one direction (for conflict detection)."""
-        return (direction, self.src_prefixes, self.dst_prefixes, self.protocol,
+        """What traffic the rule matches in one direction, in its tier (two rules of one
+        tier that match the same traffic must agree; a higher tier may override)."""
+        return (self.tier_rank, direction, self.src_prefixes, self.dst_prefixes, self.protocol,
                 None if self.dst_ports is None else tuple(self.dst_ports),
                 None if self.src_ports is None else tuple(self.src_ports))
 
@@ -641,6 +645,8 @@ class Rule:
             if ports is not None:
                 out[field] = [port_label(low, high) for low, high in ports]
         out["action"] = self.action
+        if self.tier is not None:
+            out["tier"] = self.tier
         return out
 
     def __repr__(self):
@@ -665,10 +671,11 @@ def _is_exact(rule):
 class Policy:
     """Canonical rules (in the order given), merged segments, default action per direction."""
 
-    def __init__(self, rules, segments, default_action):
+    def __init__(self, rules, segments, default_action, tiers=()):
         self.rules = rules
         self.segments = segments
         self.default_action = default_action
+        self.tiers = list(tiers)        # highest first; [] when the policy declares none
         self.by_name = dict((rule.name, rule) for rule in rules)
 
     def to_rules(self):
@@ -704,6 +711,51 @@ def _default_action(default_action, problems):
 
 
 _RULE_KEY_SET = frozenset(RULE_KEYS)
+_TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def parse_tiers(tiers, problems):
+    """The declared tier names, highest first ([] for none), with a problem per bad one."""
+    if tiers is None:
+        return []
+    if not isinstance(tiers, (list, tuple)):
+        problems.append(PolicyError(None, "tiers", "must be a list of tier names, highest "
+                                    "first, got %s" % kind(tiers), value=tiers))
+        return []
+    out = []
+    for position, name in enumerate(tiers):
+        field = "tiers[%d]" % position
+        if not isinstance(name, str) or not _TIER_NAME.match(name):
+            problems.append(PolicyError(None, field, "must be a name of letters, digits, "
+                                        "'_', '.' or '-' (at most 63)", value=name))
+        elif name in out:
+            problems.append(PolicyError(None, field, "is declared twice (tiers[%d] too)"
+                                        % out.index(name), value=name))
+        else:
+            out.append(name)
+    return out
+
+
+def _set_tier(rule, raw, tiers, problems):
+    """Put rule in the tier it names (or the last one); False, with a problem, if it
+    names one the policy does not declare."""
+    name = raw.get("tier")
+    if name is None:
+        rule.tier, rule.tier_rank = None, 0
+        return True
+    if name in tiers:
+        rule.tier, rule.tier_rank = name, len(tiers) - 1 - tiers.index(name)
+        return True
+    if not tiers:
+        message = "names a tier, but the policy declares none (list them in tiers, " \
+                  "highest first)"
+    elif isinstance(name, str):
+        message = "must be one of the declared tiers (%s)%s" % (
+            ", ".join(tiers), _close_match(name, tiers))
+    else:
+        message = "must be a tier name (%s), got %s" % (", ".join(tiers), kind(name))
+    problems.append(PolicyError(rule.name, "tier", message, value=name))
+    return False
 
 
 def _bad_choice(value, field, choices, rule, problems):
@@ -819,11 +871,14 @@ def _position(index):
     return "rules[%d]" % index
 
 
-def normalize(rules, segments, default_action, position_of=None):
+def normalize(rules, segments, default_action, position_of=None, tiers=None):
     """Validate everything; a Policy, or one PolicyError listing every problem.
 
     position_of(index): how the caller names the rule at that index of rules in messages
     (default ``rules[index]``, 0-based), for rules that came from somewhere else.
+    tiers: the tier names, highest first: a packet is decided by the highest tier with a
+    rule that matches it, within it by the most specific rule; a rule naming no tier is in
+    the last one.
     """
     _require_netaddr()
     if rules is None:
@@ -837,6 +892,7 @@ def normalize(rules, segments, default_action, position_of=None):
         rules = []
     segs = parse_segments(segments, problems)
     defaults = _default_action(default_action, problems)
+    tier_names = parse_tiers(tiers, problems)
     out = []
     names = {}
     ids = {}
@@ -845,6 +901,10 @@ def normalize(rules, segments, default_action, position_of=None):
     for index, raw in enumerate(rules):
         found = len(problems)
         rule = _rule(raw, index, segs, memo, problems)
+        if rule is not None and raw.get("tier") is not None and \
+                not _set_tier(rule, raw, tier_names, problems):
+            problems[-1].index = index
+            rule = None
         if rule is not None:
             name = rule.name
         else:
@@ -887,4 +947,4 @@ def normalize(rules, segments, default_action, position_of=None):
             if problem.index is not None and problem.position is None:
                 problem.position = position_of(problem.index)
         raise PolicyError.combine(problems)
-    return Policy(out, segs, defaults)
+    return Policy(out, segs, defaults, tier_names)

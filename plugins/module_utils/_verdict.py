@@ -42,6 +42,7 @@ def rank(rule, direction, src, dst, protocol, src_port, dst_port):
 
     src and dst are ints; protocol an int; ports already 0 for portless protocols.
     The tuple is compared left to right, exactly in the order of docs/architecture.md section 3:
+    the rule's tier (the highest tier with a matching rule decides), then within it the
     exact 5-tuple, remote prefix, local prefix, destination port, source port, protocol,
     then the action for the tie (deny > log > allow).
     """
@@ -67,6 +68,7 @@ def rank(rule, direction, src, dst, protocol, src_port, dst_port):
     else:
         remote_len, local_len = src_len, dst_len
     return (
+        rule.tier_rank,
         1 if rule.exact else 0,
         remote_len,
         local_len,

@@ -193,7 +193,8 @@ def _corpus():
 @pytest.mark.parametrize("case", _corpus(), ids=lambda c: c["name"])
 def test_corpus(kernel, case):
     doc = case["policy"]
-    policy = normalize(doc["rules"], doc.get("segments", {}), doc["default_action"])
+    policy = normalize(doc["rules"], doc.get("segments", {}), doc["default_action"],
+                       tiers=doc.get("tiers"))
     for policy_set in (0, 1):
         load(kernel, policy, policy_set)
         for pkt, action, rule in zip(case["packets"], case["expected"],

@@ -35,6 +35,7 @@ PORT_RANGES = ["0-1023", "80-443", "443-443", "1024-65535", "5000-6000", "8000-8
 PORT_ITEMS = SINGLE_PORTS + PORT_RANGES
 PROTOCOLS = ["tcp", "udp", "icmp", "any", 47, "tcp", "udp", "tcp"]
 PACKET_PROTOCOLS = [6, 17, 1, 47, 132]
+TIERS = ["incident", "platform", "app"]
 
 
 @st.composite
@@ -99,7 +100,16 @@ def policy_docs(draw, min_rules=1, max_rules=12):
         out.append(draw(rules(index, out)))
     defaults = {"egress": draw(st.sampled_from(["allow", "deny"])),
                 "ingress": draw(st.sampled_from(["allow", "deny"]))}
-    return {"rules": out, "segments": SEGMENTS, "default_action": defaults}
+    doc = {"rules": out, "segments": SEGMENTS, "default_action": defaults}
+    # Half the policies are tiered: each rule in a drawn tier, or none (the last tier).
+    tier_count = draw(st.sampled_from([0, 0, 2, 3]))
+    if tier_count:
+        doc["tiers"] = TIERS[:tier_count]
+        for rule in out:
+            tier = draw(st.sampled_from(doc["tiers"] + [None]))
+            if tier is not None:
+                rule["tier"] = tier
+    return doc
 
 
 def build_policy(doc):
@@ -107,7 +117,8 @@ def build_policy(doc):
     rules_ = list(doc["rules"])
     while True:
         try:
-            return normalize(rules_, doc["segments"], doc["default_action"])
+            return normalize(rules_, doc["segments"], doc["default_action"],
+                             tiers=doc.get("tiers"))
         except PolicyError as exc:
             if exc.field != "action" or "conflicts" not in str(exc):
                 raise

@@ -22,7 +22,8 @@ from hypothesis import given, settings, strategies as st
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
-from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import normalize, parse_cidr
+from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
+    PolicyError, normalize, parse_cidr)
 from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import verdict
 from ansible_collections.ebpf.microseg.tests.harness.policy_strategies import (
     CIDRS, HOSTS, PACKET_PROTOCOLS, PORT_ITEMS, PROTOCOLS, SEGMENTS, SINGLE_PORTS, build_policy,
@@ -396,3 +397,80 @@ def test_addresses_are_written_in_network_byte_order():
     assert key.pack()[8:12] == bytes([198, 18, 2, 0])
     assert key.prefixlen == 32 + 24 and key.class_id == 0
     assert struct.unpack("!I", key.pack()[8:12])[0] == parse_cidr("198.18.2.0/24")[0]
+
+
+# -- tiers -----------------------------------------------------------------------------------
+
+WEB_TO_DB = {"name": "web-to-db", "direction": "egress", "src": "198.18.1.0/24",
+             "dst": "198.18.2.20/32", "protocol": "tcp", "dst_ports": [5432], "action": "allow"}
+QUARANTINE = [
+    {"name": "quarantine-out", "direction": "egress", "src": "198.18.1.7/32", "action": "deny",
+     "tier": "incident"},
+    {"name": "quarantine-in", "direction": "ingress", "dst": "198.18.1.7/32", "action": "deny",
+     "tier": "incident"}]
+TIERS = ["incident", "app"]
+
+
+def _tiered(rules_, tiers=TIERS, policy_set=0):
+    policy = normalize(rules_, {}, {"egress": "allow", "ingress": "allow"}, tiers=tiers)
+    return policy, _compiler.compile_policy(policy, policy_set)
+
+
+def test_without_tiers_the_more_specific_allow_beats_the_quarantine():
+    untiered = [dict((k, v) for k, v in rule.items() if k != "tier") for rule in QUARANTINE]
+    policy, compiled = _compile([WEB_TO_DB] + untiered)
+    _check(policy, compiled, 0, _pkt(src="198.18.1.7"), "allow", "web-to-db")
+
+
+def test_a_quarantine_in_the_top_tier_wins_over_a_more_specific_allow():
+    policy, compiled = _tiered([WEB_TO_DB] + QUARANTINE)
+    _check(policy, compiled, 0, _pkt(src="198.18.1.7"), "deny", "quarantine-out")
+    _check(policy, compiled, 0, _pkt(src="198.18.1.8"), "allow", "web-to-db")
+    _check(policy, compiled, 0, _pkt("ingress", src="198.18.9.9", dst="198.18.1.7", dport=22),
+           "deny", "quarantine-in")
+
+
+def test_an_exact_rule_of_a_lower_tier_gets_no_hash_entry_where_a_higher_tier_matches():
+    exact = {"name": "one-flow", "direction": "egress", "src": "198.18.1.7/32",
+             "dst": "198.18.2.20/32", "protocol": "tcp", "src_ports": [40000],
+             "dst_ports": [5432], "action": "allow"}
+    other = dict(exact, name="other-flow", src="198.18.1.8/32")
+    policy, compiled = _tiered([exact, other] + QUARANTINE)
+    assert len(compiled.policy_map) == 1          # other-flow's only
+    _check(policy, compiled, 0, _pkt(src="198.18.1.7"), "deny", "quarantine-out")
+    _check(policy, compiled, 0, _pkt(src="198.18.1.8"), "allow", "other-flow")
+
+
+def test_rules_that_match_the_same_traffic_may_disagree_across_tiers_only():
+    allow_all = {"name": "allow-all", "direction": "egress", "action": "allow"}
+    deny_all = {"name": "deny-all", "direction": "egress", "action": "deny", "tier": "incident"}
+    policy, compiled = _tiered([allow_all, deny_all])
+    _check(policy, compiled, 0, _pkt(), "deny", "deny-all")
+    with pytest.raises(PolicyError) as raised:
+        _tiered([allow_all, dict(deny_all, tier="app")])
+    assert "conflicts with rule 'allow-all'" in str(raised.value)
+
+
+def test_a_tier_lookup_costs_no_more_steps_than_without_tiers():
+    """Tiers are folded into the candidates: the kernel still walks at most four stages."""
+    rules_ = [dict(WEB_TO_DB, name="app-%d" % i, dst="198.18.2.%d/32" % i) for i in range(1, 60)]
+    rules_ += [dict(rule, name="q-%s" % rule["name"]) for rule in QUARANTINE]
+    policy, compiled = _tiered(rules_)
+    kernel = Kernel(compiled)
+    for last in range(1, 60):
+        for src in ("198.18.1.7", "198.18.1.8"):
+            pkt = _pkt(src=src, dst="198.18.2.%d" % last)
+            assert kernel.decide(0, policy.default_action, pkt) == model(policy, pkt)
+
+
+@pytest.mark.parametrize("tiers, rule_tier, message", [
+    (None, "incident", "tier 'incident': names a tier, but the policy declares none"),
+    (["incident", "app"], "incdent", "tier 'incdent': must be one of the declared tiers "
+                                     "(incident, app), did you mean incident?"),
+    (["incident", "incident"], "incident", "tiers[1] 'incident': is declared twice (tiers[0] too)"),
+    ("incident", "incident", "tiers 'incident': must be a list of tier names, highest first, got a string"),
+])
+def test_bad_tiers_are_refused_by_field(tiers, rule_tier, message):
+    with pytest.raises(PolicyError) as raised:
+        normalize([dict(QUARANTINE[0], tier=rule_tier)], {}, None, tiers=tiers)
+    assert message in str(raised.value)

@@ -168,17 +168,17 @@ def test_a_name_of_the_wrong_type_is_a_message(name, shown):
 def test_a_rule_that_is_not_a_mapping():
     assert lines(["web-to-db", ["a"]]) == [
         "rules[0] 'web-to-db': a rule must be a mapping of its fields (name, direction, src, "
-        "dst, protocol, dst_ports, src_ports, action), got a string",
+        "dst, protocol, dst_ports, src_ports, action, tier), got a string",
         "rules[1] ['a']: a rule must be a mapping of its fields (name, direction, src, dst, "
-        "protocol, dst_ports, src_ports, action), got a list"]
+        "protocol, dst_ports, src_ports, action, tier), got a list"]
 
 
 def test_unknown_fields_suggest_the_known_one():
     assert lines([rule(dport=5432, proto="tcp")]) == [
         "rule 'web-to-db' (rules[0]): dport: unknown rule field, did you mean dst_ports? "
-        "(known: name, direction, src, dst, protocol, dst_ports, src_ports, action)",
+        "(known: name, direction, src, dst, protocol, dst_ports, src_ports, action, tier)",
         "rule 'web-to-db' (rules[0]): proto: unknown rule field, did you mean protocol? "
-        "(known: name, direction, src, dst, protocol, dst_ports, src_ports, action)"]
+        "(known: name, direction, src, dst, protocol, dst_ports, src_ports, action, tier)"]
 
 
 def test_conflicts_and_collisions_name_the_other_rule_by_position():
@@ -360,7 +360,7 @@ def test_states_by_name_report_nameless_and_repeated_rules_by_input_position(sta
         "rule 'x' (microseg_host_rules[1]): name: the same name as microseg_rules[0] (names "
         "must be unique)",
         "microseg_host_rules[2] 'str': a rule must be a mapping of its fields (name, "
-        "direction, src, dst, protocol, dst_ports, src_ports, action), got a string"]
+        "direction, src, dst, protocol, dst_ports, src_ports, action, tier), got a string"]
     if state == "deleted":      # naming a rule twice to delete it is harmless
         expected.pop(2)
     assert got == expected
