@@ -408,11 +408,11 @@ QUARANTINE = [
      "tier": "incident"},
     {"name": "quarantine-in", "direction": "ingress", "dst": "198.18.1.7/32", "action": "deny",
      "tier": "incident"}]
-TIERS = ["incident", "app"]
+TIERS = ("incident", "app")
 
 
 def _tiered(rules_, tiers=TIERS, policy_set=0):
-    policy = normalize(rules_, {}, {"egress": "allow", "ingress": "allow"}, tiers=tiers)
+    policy = normalize(rules_, {}, {"egress": "allow", "ingress": "allow"}, tiers=list(tiers))
     return policy, _compiler.compile_policy(policy, policy_set)
 
 
