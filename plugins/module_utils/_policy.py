@@ -162,11 +162,15 @@ def desired_document(state, current, params):
     return document, position_of, problems
 
 
-def normalize(document, position_of=None, problems=()):
-    """(Policy, canonical document); PolicyInputError with problems and every other one."""
+def normalize(document, position_of=None, problems=(), previous_ids=None):
+    """(Policy, canonical document); PolicyInputError with problems and every other one.
+
+    previous_ids: the {name: policy id} table the host holds (see previous_rule_ids).
+    """
     try:
         policy = _policy_model.normalize(document["rules"], document["segments"],
-                                         document["default_action"], position_of)
+                                         document["default_action"], position_of,
+                                         previous_ids)
     except _policy_model.PolicyError as exc:
         raise refused(_policy_model.PolicyError.combine(list(problems) + exc.errors))
     if problems:
@@ -174,6 +178,26 @@ def normalize(document, position_of=None, problems=()):
     canonical = {"rules": policy.to_rules(), "segments": _canonical_segments(document),
                  "default_action": dict(document["default_action"])}
     return policy, canonical
+
+
+def previous_rule_ids(source, params):
+    """The {name: policy id} table the rules' ids are kept from, or None for none.
+
+    The one stored with the active set's source beside the maps; when the maps hold none
+    (bpffs after a reboot), the one the boot restore's record holds (passed by the restore,
+    or read from state_dir), so that a rule keeps its id across a reboot too.
+    """
+    table = _converge.source_rule_ids(source)
+    if table is not None:
+        return table
+    table = params.get("_restored_ids")
+    if table is None and params.get("state_dir"):
+        try:
+            record = _saved_state.policy_saved(params["state_dir"], params["pin_path"])
+        except (_saved_state.SavedStateError, IOError, OSError):
+            record = None
+        table = (record or {}).get("rule_ids")
+    return table if isinstance(table, dict) else None
 
 
 def _canonical_segments(document):
@@ -237,6 +261,7 @@ def _run(params, check_mode, want_diff):
         with _maps.PinnedMaps(pin_path, names=list(_converge.POLICY_MAPS) + ["config_map"]) \
                 as pinned:
             current = _converge.gather(pinned, pin_path)
+            previous_ids = previous_rule_ids(current["source"], params)
             held = dict(current["source"]) if current["source"] else copy.deepcopy(EMPTY)
             held["default_action"] = current["default_action"]
             held.setdefault("segments", {})
@@ -267,12 +292,13 @@ def _run(params, check_mode, want_diff):
                     before["default_action"] == document["default_action"]:
                 # The very input that produced the active set, which still holds what was
                 # written for it: no normalize, no compile, no write.
-                return _settle_record(params, check_mode, unchanged, held_digest)
-            policy, after = normalize(document, position_of)
+                return _settle_record(params, check_mode, unchanged, held_digest, previous_ids)
+            policy, after = normalize(document, position_of, previous_ids=previous_ids)
+            rule_ids = policy.rule_ids
             if intact and _normalized_equal(before, after) and \
                     before["default_action"] == after["default_action"]:
                 unchanged["after"] = after
-                return _settle_record(params, check_mode, unchanged, held_digest)
+                return _settle_record(params, check_mode, unchanged, held_digest, rule_ids)
             compiled = _compiler.compile_policy(policy, new_set)
             active_entries = dict((name, current["entries"][name][active])
                                   for name in _converge.POLICY_MAPS)
@@ -290,11 +316,11 @@ def _run(params, check_mode, want_diff):
                 result["diff"] = {"before": before, "after": after}
             kernel_digest = digest if switch_needed else held_digest
             if check_mode or not result["changed"]:
-                return _settle_record(params, check_mode, result, kernel_digest)
+                return _settle_record(params, check_mode, result, kernel_digest, rule_ids)
             if not switch_needed:
                 # A run killed before its switch left a half-written inactive set.
                 _converge.clear_set(pinned, current["entries"], new_set)
-                return _settle_record(params, check_mode, result, kernel_digest)
+                return _settle_record(params, check_mode, result, kernel_digest, rule_ids)
 
             problems = _converge.capacity_problems(current, compiled)
             if problems:
@@ -302,23 +328,31 @@ def _run(params, check_mode, want_diff):
             try:
                 source_chunks = _converge.encode_source(dict(after,
                                                              entry_counts=compiled.counts(),
-                                                             input_digest=digest))
+                                                             input_digest=digest,
+                                                             rule_ids=rule_ids))
             except _converge.ConvergeError as exc:
                 raise PolicyInputError(str(exc))
 
             # The inactive set may hold a half-written policy from a run that was killed.
             _converge.clear_set(pinned, current["entries"], new_set)
+            # A rule that takes an id another rule held (freed since) starts from zero hits:
+            # counters left by the old owner go now (a run killed after the switch would
+            # leave them), and those it counted until the switch go right after it.
+            fresh = _converge.fresh_ids(previous_ids, rule_ids)
+            _converge.reset_rule_stats(pin_path, fresh)
             _converge.write_set(pinned, compiled)
             _converge.write_source(pin_path, new_set, source_chunks)
             _converge.switch(pinned, current["generation"] + 1, after["default_action"])
+            _converge.reset_rule_stats(pin_path, fresh)
             _converge.clear_set(pinned, current["entries"], active)
-            return _settle_record(params, check_mode, result, kernel_digest)
+            return _settle_record(params, check_mode, result, kernel_digest, rule_ids)
 
 
-def _settle_record(params, check_mode, result, kernel_digest):
+def _settle_record(params, check_mode, result, kernel_digest, rule_ids):
     """Bring the boot restore's record (_saved_state.py) in line with what the kernel holds
-    after this run (result["after"]). Runs under the host lock, so two converges cannot
-    leave the record of the one that lost the race. A missing or stale record is a change."""
+    after this run (result["after"], with the policy ids rule_ids). Runs under the host
+    lock, so two converges cannot leave the record of the one that lost the race. A missing
+    or stale record is a change."""
     state_dir, pin_path = params.get("state_dir"), params["pin_path"]
     if not state_dir:
         return result
@@ -328,7 +362,7 @@ def _settle_record(params, check_mode, result, kernel_digest):
     result["saved_state"] = _saved_state.instance_dir(state_dir, pin_path)
     if not check_mode:
         _saved_state.save_policy(state_dir, pin_path, _saved_state.policy_record(
-            result["after"], kernel_digest, result["generation"]))
+            result["after"], kernel_digest, result["generation"], rule_ids))
     return result
 
 
@@ -338,7 +372,9 @@ def _predict_on_empty(params, state, want_diff):
     held = copy.deepcopy(EMPTY)
     before = copy.deepcopy(EMPTY)
     document, position_of, problems = desired_document(state, held, params)
-    policy, after = normalize(document, position_of, problems)
+    # The ids the real run assigns: from the boot restore's record if there is one.
+    policy, after = normalize(document, position_of, problems,
+                              previous_rule_ids(None, params))
     compiled = _compiler.compile_policy(policy, 1)
     result = {"changed": True, "before": before, "after": after, "generation": 1,
               "stale_entries_removed": 0,

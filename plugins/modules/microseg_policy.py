@@ -26,6 +26,11 @@ description:
     re-evaluated at their next packet (a new deny cuts them). A run killed midway leaves the
     old policy fully in force. Concurrent runs on one host serialize on a lock.
   - Runs that would change nothing write nothing and report C(changed=false).
+  - "Each rule gets a policy id, which hit counters, sessions and log events carry. Ids are
+    distinct and a rule keeps its id as long as its name stays in the policy (the host
+    keeps the table beside the maps and in the record under O(state_dir)); a new name
+    takes the crc32 of the name, or the next free id when another rule holds that one. A
+    rule that takes the id of a removed rule starts with zero hits."
   - "Bad input is refused before anything on the host is touched, with every problem of the
     run at once (the first 20, then how many more): each names the rule by its name and its
     0-based position, the field, the item and the bad value, for example
