@@ -5,8 +5,9 @@
 
 assign_policy_ids gives each name its crc32 (policy_id_for) unless the id is taken, then
 the next free one up; a name the previous table has keeps its id. Adversarial names are
-real crc32 collisions found by a birthday search at test time, and for the probe's corner
-cases (chains, the wrap from 2**31-1 to 1) a preferred-id function squeezed into a few ids.
+real crc32 collisions: found by a birthday search at test time, and built for a chosen id
+(tests/harness/policy_names.py) for the probe's corner cases (chains, the wrap from 2**31-1
+to 1); hypothesis also squeezes the preferred ids of arbitrary names into five.
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -25,6 +26,8 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model as M
 from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import verdict
+from ansible_collections.ebpf.microseg.tests.harness.policy_names import (
+    birthday_pairs, name_with_id, names_with_id, random_names)
 from ansible_collections.ebpf.microseg.tests.harness.policy_strategies import (
     build_policy, policy_and_packets)
 
@@ -35,21 +38,6 @@ KNOWN = [("rule-3985819", "rule-4420602")]
 
 def crc(name):
     return zlib.crc32(name.encode("utf-8")) & 0x7fffffff
-
-
-def birthday_pairs(count=1 << 17, seed=17):
-    """Pairs of different short names with the same 31-bit crc32 (about count**2 / 2**32
-    of them: 4 for 2**17 names, in a tenth of a second)."""
-    rng = random.Random(seed)
-    seen = {}
-    pairs = []
-    while not pairs:
-        for _index in range(count):
-            name = "svc-%012x" % rng.getrandbits(48)
-            other = seen.setdefault(crc(name), name)
-            if other != name:
-                pairs.append((other, name))
-    return pairs
 
 
 PAIRS = KNOWN + birthday_pairs()
@@ -84,6 +72,36 @@ def test_without_collisions_every_id_is_the_crc32_as_before_tables():
 def test_the_probe_goes_up_and_wraps_past_0():
     assert M.next_policy_id(5) == 6
     assert M.next_policy_id(MAX) == 1
+
+
+@pytest.mark.parametrize("target", [1, 2, 77, 1 << 30, MAX - 1, MAX])
+def test_names_built_for_an_id_have_it(target):
+    name = name_with_id(target)
+    assert crc(name) == target == M.policy_id_for(name)
+
+
+def test_a_probe_chain_skips_every_taken_id():
+    k = crc("chain-start")
+    first, second, third = sorted(names_with_id(k, 3))
+    after = name_with_id(k + 1, "next")
+    ids = M.assign_policy_ids([third, after, second, first])
+    # sorted: app- < db- < next- < svc-; each crc k name probes past the ones before it
+    order = sorted([first, second, third, after])
+    assert order.index(after) < order.index(third)
+    assert ids[first] == k and ids[second] == k + 1 and ids[after] == k + 2 and \
+        ids[third] == k + 3
+    check_table([first, second, third, after], ids)
+
+
+def test_a_probe_from_the_last_id_wraps_to_1_never_0():
+    one, other = sorted(names_with_id(MAX, 2))
+    assert M.assign_policy_ids([other, one]) == {one: MAX, other: 1}
+    holder = name_with_id(1, "aa")    # sorted first: it takes 1 before the probe can
+    assert M.assign_policy_ids([other, one, holder]) == {one: MAX, holder: 1, other: 2}
+    # A table holding 1 for another name pushes the wrapped probe on.
+    assert M.assign_policy_ids([other, one], {"gone": 1, one: MAX}) == {one: MAX, other: 1}
+    assert M.assign_policy_ids([other, one, "web"], {"web": 1}) == \
+        {"web": 1, one: MAX, other: 2}
 
 
 names_st = st.lists(st.text(min_size=1, max_size=6), max_size=30, unique=True)
@@ -263,9 +281,7 @@ def test_rendered_assigns_ids_without_a_table():
 
 @pytest.mark.parametrize("count", [100000])
 def test_a_hundred_thousand_random_names_get_distinct_ids(count):
-    rng = random.Random(count)
-    names = ["svc-%012x" % rng.getrandbits(48) for _index in range(count)]
-    names = list(set(names + COLLIDING))
+    names = list(set(random_names(count, seed=count) + COLLIDING))
     ids = M.assign_policy_ids(names)
     check_table(names, ids)
     again = M.assign_policy_ids(names[:count // 2] + ["extra-%d" % i for i in range(1000)],
