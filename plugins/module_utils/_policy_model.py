@@ -592,10 +592,6 @@ def next_policy_id(policy_id):
     return policy_id + 1 if policy_id < POLICY_ID_MAX else 1
 
 
-def _valid_id(policy_id):
-    return policy_id.__class__ is int and 0 < policy_id <= POLICY_ID_MAX
-
-
 def assign_policy_ids(names, previous=None):
     """{name: policy id} for names: distinct, never 0, stable from converge to converge.
 
@@ -614,23 +610,28 @@ def assign_policy_ids(names, previous=None):
     the set of names, not their order. At most 2**31-1 names (far more than fit a map).
     """
     ids = {}
-    taken = set()
     new = []
     if previous:
-        held = {}
+        get = previous.get
         for name in names:
-            policy_id = previous.get(name)
-            if _valid_id(policy_id):
-                held.setdefault(policy_id, []).append(name)
+            policy_id = get(name)
+            if policy_id.__class__ is int and 0 < policy_id <= POLICY_ID_MAX:
+                ids[name] = policy_id
             else:
                 new.append(name)
-        for policy_id, holders in held.items():
-            if len(holders) == 1:
-                ids[holders[0]] = policy_id
-                taken.add(policy_id)
-            else:
-                new.extend(holders)
+        taken = set(ids.values())
+        if len(taken) != len(ids):      # a damaged table: no holder of a shared id keeps it
+            holders = {}
+            for name, policy_id in ids.items():
+                holders.setdefault(policy_id, []).append(name)
+            for policy_id, shared in holders.items():
+                if len(shared) > 1:
+                    taken.discard(policy_id)
+                    for name in shared:
+                        del ids[name]
+                        new.append(name)
     else:
+        taken = set()
         new = list(names)
     new.sort()
     for name in new:

@@ -68,7 +68,9 @@ def random_names(count, seed=0, prefix="svc"):
     out = set()
     while len(out) < count:
         out.add("%s-%012x" % (prefix, rng.getrandbits(48)))
-    return sorted(out, key=lambda _name: rng.random())
+    names = sorted(out)       # a set's order changes with the hash seed: sort, then shuffle
+    rng.shuffle(names)
+    return names
 
 
 def birthday_pairs(count=1 << 17, seed=17):
