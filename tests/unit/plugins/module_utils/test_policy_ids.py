@@ -24,6 +24,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model as M
+from ansible_collections.ebpf.microseg.plugins.module_utils import _restore
 from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 from ansible_collections.ebpf.microseg.plugins.module_utils._verdict import verdict
 from ansible_collections.ebpf.microseg.tests.harness.policy_names import (
@@ -287,3 +288,20 @@ def test_a_hundred_thousand_random_names_get_distinct_ids(count):
     again = M.assign_policy_ids(names[:count // 2] + ["extra-%d" % i for i in range(1000)],
                                 ids)
     assert all(again[n] == ids[n] for n in names[:count // 2])
+
+
+def test_the_boot_restore_passes_the_recorded_ids_on(monkeypatch):
+    seen = {}
+
+    def run(params, check_mode, want_diff):
+        seen.update(params)
+        return {"generation": 1, "changed": True, "entry_changes": {}}
+    monkeypatch.setattr(_policy, "run", run)
+    record = _saved_state.policy_record({"rules": [{"name": "a"}], "default_action": None},
+                                        "digest", 4, {"a": 42})
+    _restore.restore_policy(record, "/sys/fs/bpf/microseg-ids-test", lambda text: None)
+    assert seen["_restored_ids"] == {"a": 42} and seen["state_dir"] is None
+    # A record written before tables: no ids, the converge falls back to the crc32s.
+    del record["rule_ids"]
+    _restore.restore_policy(record, "/sys/fs/bpf/microseg-ids-test", lambda text: None)
+    assert seen["_restored_ids"] is None
