@@ -5,6 +5,10 @@
 
 Calls the module's own code path (plugins/module_utils/_policy.run) on a real pinned
 program; `--ansible` also pushes the same policy through ansible-playbook.
+
+`--random-names` converges 100,000 and 200,000 exact rules with random names instead (the
+policies of issue 17, where crc32 ids collided; tests/harness/policy_scale.py, which
+tests/functional/test_policy_scale.py runs too).
 """
 
 from __future__ import (absolute_import, division, print_function)
@@ -19,6 +23,7 @@ import time
 from ansible_collections.ebpf.microseg.plugins.module_utils import _kernel_headers
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
+from ansible_collections.ebpf.microseg.tests.harness import policy_scale
 from ansible_collections.ebpf.microseg.tests.harness.datapath import BPF_DIR, new_pin_path
 
 SIZES = {"policy_map_size": 250000, "range_map_size": 262144, "session_map_size": 65536,
@@ -87,6 +92,17 @@ def converge_rows(exact=100000, cidr=10000, profile=False):
     return rows
 
 
+def random_name_rows(counts=(100000, 200000)):
+    rows = []
+    for count in counts:
+        rows.extend(policy_scale.random_name_rows(count, dict(SIZES, range_map_size=8192)))
+    return rows
+
+
 if __name__ == "__main__":
-    for row in converge_rows(profile="--profile" in sys.argv):
-        print(row)
+    if "--random-names" in sys.argv:
+        for row in random_name_rows():
+            print(row)
+    else:
+        for row in converge_rows(profile="--profile" in sys.argv):
+            print(row)

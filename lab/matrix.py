@@ -126,7 +126,7 @@ def expected_verdicts(policies_dir, containers):
         with open(os.path.join(policies_dir, host + ".json")) as handle:
             doc = json.load(handle)
         models[host] = _policy_model.normalize(doc.get("rules", []), doc.get("segments", {}),
-                                               doc["default_action"])
+                                               doc["default_action"], tiers=doc.get("tiers"))
 
     def expect(src, dst, proto, port):
         number = _abi.PROTOCOLS[proto]

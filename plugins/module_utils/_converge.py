@@ -24,6 +24,7 @@ import time
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
 from ansible_collections.ebpf.microseg.plugins.module_utils import _pinned_blob
 
 POLICY_MAPS = ("policy_map", "ip_range_map", "local_range_map", "port_range_map",
@@ -82,6 +83,25 @@ def _without_set(map_name, key, value):
 # ---- the policy source, kept with the maps -------------------------------------------
 # The rules as written (normalized), zlib-compressed, in 1 MiB chunks of a hash map keyed
 # (policy_set << 16 | chunk): what `gathered` returns and what the next run compares with.
+# Beside rules, segments and default_action the document holds entry_counts, input_digest
+# and rule_ids: {rule name: policy id}, the ids the set's entries carry, which the next
+# converge keeps for the names it still has (_policy_model.assign_policy_ids).
+
+def source_rule_ids(source):
+    """{name: policy id} of a stored source document; None when there is none.
+
+    A source written before rule_ids existed holds the ids every rule then had: the crc32
+    of its name (policy_id_for), which were distinct, as the converge refused collisions.
+    """
+    if not isinstance(source, dict):
+        return None
+    table = source.get("rule_ids")
+    if isinstance(table, dict):
+        return table
+    return dict((rule["name"], _policy_model.policy_id_for(rule["name"]))
+                for rule in source.get("rules") or []
+                if isinstance(rule, dict) and isinstance(rule.get("name"), str))
+
 
 SOURCE = _pinned_blob.PinnedBlob(
     SOURCE_MAP, bpf.BPF_MAP_TYPE_HASH, SOURCE_CHUNK, max_chunks=SOURCE_MAX_CHUNKS, slots=2,
@@ -245,6 +265,35 @@ def write_set(pinned, compiled):
             written += pinned.update_packed(name, pairs)
             fault_point("mid_write")
     return written
+
+
+def fresh_ids(previous, ids):
+    """The policy ids of ids ({name: id}) that are new to their name: the name was not in
+    previous (the table the host held), or held another id. Their rule_stats entries, if
+    any, are an earlier rule's: the rule that had the id before it was freed.
+
+    Without a previous table (no source beside the maps) only ids other than the name's
+    crc32 count: before tables, a name's id was its crc32 and its counters were its own.
+    """
+    if previous is None:
+        return set(pid for name, pid in ids.items()
+                   if pid != _policy_model.policy_id_for(name))
+    return set(pid for name, pid in ids.items() if previous.get(name) != pid)
+
+
+def reset_rule_stats(pin_path, policy_ids):
+    """Delete the rule_stats entries of policy_ids (a set); how many there were.
+
+    One read of the map's keys (it holds at most rule_stats_size), one batch delete.
+    """
+    if not policy_ids or not os.path.exists(os.path.join(pin_path, "rule_stats_map")):
+        return 0
+    with _maps.PinnedMaps(pin_path, names=["rule_stats_map"]) as pinned:
+        keys = []
+        for raw_keys, _values, got in pinned.raw_batches("rule_stats_map"):
+            keys.extend(_U32.pack(pid) for (pid,) in _U32.iter_unpack(raw_keys[:got * 4])
+                        if pid in policy_ids)
+        return pinned.delete_many("rule_stats_map", keys) if keys else 0
 
 
 def switch(pinned, new_epoch, default_action):

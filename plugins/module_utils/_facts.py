@@ -16,7 +16,6 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _loader
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _netlink
-from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
 from ansible_collections.ebpf.microseg.plugins.module_utils import _sessions
 
 HOOKS = ("ingress", "egress")
@@ -61,9 +60,8 @@ def rule_names(pin_path, config):
     names = {}
     active = config.policy_epoch & 1 if config else 0
     for policy_set in (1 - active, active):
-        document = _converge.read_source(pin_path, policy_set) or {}
-        for rule in document.get("rules", []):
-            names[_policy_model.policy_id_for(rule["name"])] = rule["name"]
+        table = _converge.source_rule_ids(_converge.read_source(pin_path, policy_set)) or {}
+        names.update((policy_id, name) for name, policy_id in table.items())
     return names
 
 

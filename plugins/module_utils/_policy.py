@@ -15,6 +15,7 @@ import os
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
+from ansible_collections.ebpf.microseg.plugins.module_utils import _difference
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
 from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
@@ -105,6 +106,9 @@ def desired_document(state, current, params):
     held = dict((r["name"], r) for r in current["rules"])
     segments = dict(current["segments"])
     default_action = dict(current["default_action"])
+    tiers = list(current.get("tiers") or [])
+    if params.get("tiers") is not None and state != "deleted":
+        tiers = list(params["tiers"])
     problems = []
 
     if state == "overridden":
@@ -159,21 +163,49 @@ def desired_document(state, current, params):
                 default_action[direction] = params["default_action"][direction]
     document = {"rules": document_rules, "segments": segments,
                 "default_action": default_action}
+    if tiers:       # only tiered policies carry the key: the others read as before
+        document["tiers"] = tiers
     return document, position_of, problems
 
 
-def normalize(document, position_of=None, problems=()):
-    """(Policy, canonical document); PolicyInputError with problems and every other one."""
+def normalize(document, position_of=None, problems=(), previous_ids=None):
+    """(Policy, canonical document); PolicyInputError with problems and every other one.
+
+    previous_ids: the {name: policy id} table the host holds (see previous_rule_ids).
+    """
     try:
         policy = _policy_model.normalize(document["rules"], document["segments"],
-                                         document["default_action"], position_of)
+                                         document["default_action"], position_of,
+                                         previous_ids, tiers=document.get("tiers"))
     except _policy_model.PolicyError as exc:
         raise refused(_policy_model.PolicyError.combine(list(problems) + exc.errors))
     if problems:
         raise refused(_policy_model.PolicyError.combine(list(problems)))
     canonical = {"rules": policy.to_rules(), "segments": _canonical_segments(document),
                  "default_action": dict(document["default_action"])}
+    if policy.tiers:
+        canonical["tiers"] = list(policy.tiers)
     return policy, canonical
+
+
+def previous_rule_ids(source, params):
+    """The {name: policy id} table the rules' ids are kept from, or None for none.
+
+    The one stored with the active set's source beside the maps; when the maps hold none
+    (bpffs after a reboot), the one the boot restore's record holds (passed by the restore,
+    or read from state_dir), so that a rule keeps its id across a reboot too.
+    """
+    table = _converge.source_rule_ids(source)
+    if table is not None:
+        return table
+    table = params.get("_restored_ids")
+    if table is None and params.get("state_dir"):
+        try:
+            record = _saved_state.policy_saved(params["state_dir"], params["pin_path"])
+        except (_saved_state.SavedStateError, IOError, OSError):
+            record = None
+        table = (record or {}).get("rule_ids")
+    return table if isinstance(table, dict) else None
 
 
 def _canonical_segments(document):
@@ -215,110 +247,187 @@ def run(params, check_mode, want_diff):
 def _run(params, check_mode, want_diff):
     state = params["state"]
     pin_path = params["pin_path"]
-
     if state == "rendered":
-        document, position_of, problems = desired_document("overridden", copy.deepcopy(EMPTY),
-                                                           params)
-        policy, canonical = normalize(document, position_of, problems)
-        compiled = _compiler.compile_policy(policy, 0)
-        return {"changed": False, "after": canonical, "rendered": _entries_view(compiled),
-                "entry_changes": dict((name, {"added": len(compiled.packed[name]),
-                                              "removed": 0, "changed": 0,
-                                              "entries": len(compiled.packed[name])})
-                                      for name in _converge.POLICY_MAPS)}
-
+        return _rendered(params)
     if not os.path.exists(os.path.join(pin_path, "config_map")):
         if check_mode and state not in ("gathered", "deleted"):
             return _predict_on_empty(params, state, want_diff)
         raise PolicyInputError("no microseg program under %s: run "
                                "ebpf.microseg.microseg_program first" % pin_path)
-
     with _converge.HostLock(pin_path):
         with _maps.PinnedMaps(pin_path, names=list(_converge.POLICY_MAPS) + ["config_map"]) \
                 as pinned:
             current = _converge.gather(pinned, pin_path)
-            held = dict(current["source"]) if current["source"] else copy.deepcopy(EMPTY)
-            held["default_action"] = current["default_action"]
-            held.setdefault("segments", {})
-            before = {"rules": held["rules"], "segments": held["segments"],
-                      "default_action": held["default_action"]}
+            held, before = _held_document(current)
             if state == "gathered":
                 return {"changed": False, "before": before, "after": before,
                         "gathered": before, "generation": current["generation"]}
-
-            document, position_of, problems = desired_document(state, held, params)
-            if problems:
-                normalize(document, position_of, problems)      # raises, with every problem
-            # The boot restore converges the saved (normalized) policy under the digest of the
-            # input it was saved for, so the next Ansible run with that input is a no-op.
-            digest = params.get("_restored_digest") or input_digest(document)
-            active = current["active_set"]
-            new_set = active ^ 1
-            stale = sum(current["counts"][new_set].values())
-            intact = current["source"] is not None and not stale and \
-                current["source"].get("entry_counts") == current["counts"][active]
-            unchanged = {"changed": False, "before": before, "after": before,
-                         "entry_changes": dict((name, {"added": 0, "removed": 0, "changed": 0,
-                                                       "entries": count})
-                                               for name, count in current["counts"][active].items()),
-                         "stale_entries_removed": 0, "generation": current["generation"]}
-            held_digest = current["source"].get("input_digest") if current["source"] else None
-            if intact and held_digest == digest and \
-                    before["default_action"] == document["default_action"]:
-                # The very input that produced the active set, which still holds what was
-                # written for it: no normalize, no compile, no write.
-                return _settle_record(params, check_mode, unchanged, held_digest)
-            policy, after = normalize(document, position_of)
-            if intact and _normalized_equal(before, after) and \
-                    before["default_action"] == after["default_action"]:
-                unchanged["after"] = after
-                return _settle_record(params, check_mode, unchanged, held_digest)
-            compiled = _compiler.compile_policy(policy, new_set)
-            active_entries = dict((name, current["entries"][name][active])
-                                  for name in _converge.POLICY_MAPS)
-            changes = _converge.entry_changes(active_entries, compiled)
-            intact = all(changes[n]["added"] == changes[n]["removed"] == changes[n]["changed"]
-                         == 0 for n in changes)
-            same_source = current["source"] is not None and \
-                _normalized_equal(before, after)
-            switch_needed = not (intact and same_source and
-                                 before["default_action"] == after["default_action"])
-            result = {"changed": switch_needed or stale > 0, "before": before, "after": after,
-                      "entry_changes": changes, "stale_entries_removed": stale,
-                      "generation": current["generation"] + (1 if switch_needed else 0)}
-            if want_diff:
-                result["diff"] = {"before": before, "after": after}
-            kernel_digest = digest if switch_needed else held_digest
-            if check_mode or not result["changed"]:
-                return _settle_record(params, check_mode, result, kernel_digest)
-            if not switch_needed:
-                # A run killed before its switch left a half-written inactive set.
-                _converge.clear_set(pinned, current["entries"], new_set)
-                return _settle_record(params, check_mode, result, kernel_digest)
-
-            problems = _converge.capacity_problems(current, compiled)
-            if problems:
-                raise PolicyInputError("policy does not fit: " + "; ".join(problems))
-            try:
-                source_chunks = _converge.encode_source(dict(after,
-                                                             entry_counts=compiled.counts(),
-                                                             input_digest=digest))
-            except _converge.ConvergeError as exc:
-                raise PolicyInputError(str(exc))
-
-            # The inactive set may hold a half-written policy from a run that was killed.
-            _converge.clear_set(pinned, current["entries"], new_set)
-            _converge.write_set(pinned, compiled)
-            _converge.write_source(pin_path, new_set, source_chunks)
-            _converge.switch(pinned, current["generation"] + 1, after["default_action"])
-            _converge.clear_set(pinned, current["entries"], active)
-            return _settle_record(params, check_mode, result, kernel_digest)
+            converge_plan = plan_converge(params, current, held, before)
+            result = converge_plan.result(want_diff)
+            if not check_mode and converge_plan.writes:
+                _apply_converge(pinned, pin_path, current, converge_plan)
+            return _settle_record(params, check_mode, result, converge_plan.kernel_digest,
+                                  converge_plan.rule_ids)
 
 
-def _settle_record(params, check_mode, result, kernel_digest):
+def _rendered(params):
+    document, position_of, problems = desired_document("overridden", copy.deepcopy(EMPTY),
+                                                       params)
+    policy, canonical = normalize(document, position_of, problems)
+    compiled = _compiler.compile_policy(policy, 0)
+    return {"changed": False, "after": canonical, "rendered": _entries_view(compiled),
+            "entry_changes": _all_added(compiled)}
+
+
+def _all_added(compiled):
+    return dict((name, {"added": len(compiled.packed[name]), "removed": 0, "changed": 0,
+                        "entries": len(compiled.packed[name])})
+                for name in _converge.POLICY_MAPS)
+
+
+def _held_document(current):
+    """(the document the host holds, its user-facing view: `before`)."""
+    held = dict(current["source"]) if current["source"] else copy.deepcopy(EMPTY)
+    held["default_action"] = current["default_action"]
+    held.setdefault("segments", {})
+    before = {"rules": held["rules"], "segments": held["segments"],
+              "default_action": held["default_action"]}
+    if held.get("tiers"):
+        before["tiers"] = list(held["tiers"])
+    return held, before
+
+
+class ConvergePlan:
+    """What one converge does, decided before anything is written.
+
+    `diff` tracks rules, segments, default actions (and tiers) before and after; `switch`
+    says a new generation goes in; `clear_only` that only a half-written inactive set left
+    by a killed run is removed. `writes` is whether a real run touches the maps at all.
+    """
+
+    def __init__(self, current, before):
+        self.generation = current["generation"]
+        self.active_set = current["active_set"]
+        self.new_set = self.active_set ^ 1
+        # Entries in the inactive set: what a run killed before its switch left.
+        self.stale = sum(current["counts"][self.new_set].values())
+        self.diff = _difference.DifferenceTracker()
+        for facet, value in before.items():
+            self.diff.add(facet, value, value)
+        self.entry_changes = dict(
+            (name, {"added": 0, "removed": 0, "changed": 0, "entries": count})
+            for name, count in current["counts"][self.active_set].items())
+        self.switch = False
+        self.compiled = None
+        self.digest = None
+        self.kernel_digest = None
+        self.rule_ids = None
+        self.previous_ids = None
+
+    def set_after(self, after):
+        for facet in set(self.diff.before) | set(after):
+            if facet not in self.diff:
+                self.diff.add(facet, None, after[facet])
+            else:
+                self.diff.set_after(facet, after.get(facet))
+
+    @property
+    def writes(self):
+        return self.switch or self.stale > 0
+
+    def result(self, want_diff):
+        after = dict((k, v) for k, v in self.diff.after.items() if v is not None)
+        before = dict((k, v) for k, v in self.diff.before.items() if v is not None)
+        out = {"changed": self.writes, "before": before, "after": after,
+               "entry_changes": self.entry_changes,
+               "stale_entries_removed": self.stale if self.compiled is not None else 0,
+               "generation": self.generation + (1 if self.switch else 0)}
+        if want_diff and self.compiled is not None:
+            out["diff"] = {"before": before, "after": after}
+        return out
+
+
+def plan_converge(params, current, held, before):
+    """Compare the desired document with what the host holds; compile only if it differs.
+
+    Three exits, cheapest first: the very input that produced the active set (no
+    normalize); the same normalized policy (no compile); otherwise compile and count what
+    moves, switching only if an entry or the source differs.
+    """
+    out = ConvergePlan(current, before)
+    out.previous_ids = previous_rule_ids(current["source"], params)
+    document, position_of, problems = desired_document(params["state"], held, params)
+    if problems:
+        normalize(document, position_of, problems)      # raises, with every problem
+    # The boot restore converges the saved (normalized) policy under the digest of the
+    # input it was saved for, so the next Ansible run with that input is a no-op.
+    out.digest = params.get("_restored_digest") or input_digest(document)
+    source = current["source"]
+    held_digest = source.get("input_digest") if source else None
+    out.kernel_digest = held_digest
+    # The active set still holds what was written for it, and nothing half-written waits.
+    active_as_written = source is not None and not out.stale and \
+        source.get("entry_counts") == current["counts"][out.active_set]
+    same_defaults = before["default_action"] == document["default_action"]
+    if active_as_written and held_digest == out.digest and same_defaults:
+        out.stale = 0
+        out.rule_ids = out.previous_ids
+        return out
+    policy, after = normalize(document, position_of, previous_ids=out.previous_ids)
+    out.rule_ids = policy.rule_ids
+    out.set_after(after)
+    if active_as_written and _normalized_equal(before, after) and same_defaults:
+        out.stale = 0
+        return out
+    out.compiled = _compiler.compile_policy(policy, out.new_set)
+    active_entries = dict((name, current["entries"][name][out.active_set])
+                          for name in _converge.POLICY_MAPS)
+    out.entry_changes = _converge.entry_changes(active_entries, out.compiled)
+    entries_equal = all(c["added"] == c["removed"] == c["changed"] == 0
+                        for c in out.entry_changes.values())
+    same_source = source is not None and _normalized_equal(before, after)
+    out.switch = not (entries_equal and same_source and
+                      before["default_action"] == after["default_action"])
+    if out.switch:
+        out.kernel_digest = out.digest
+    return out
+
+
+def _apply_converge(pinned, pin_path, current, converge_plan):
+    if not converge_plan.switch:
+        # A run killed before its switch left a half-written inactive set.
+        _converge.clear_set(pinned, current["entries"], converge_plan.new_set)
+        return
+    compiled = converge_plan.compiled
+    problems = _converge.capacity_problems(current, compiled)
+    if problems:
+        raise PolicyInputError("policy does not fit: " + "; ".join(problems))
+    after = converge_plan.result(False)["after"]
+    try:
+        source_chunks = _converge.encode_source(dict(after, entry_counts=compiled.counts(),
+                                                     input_digest=converge_plan.digest,
+                                                     rule_ids=converge_plan.rule_ids))
+    except _converge.ConvergeError as exc:
+        raise PolicyInputError(str(exc))
+    # The inactive set may hold a half-written policy from a run that was killed.
+    _converge.clear_set(pinned, current["entries"], converge_plan.new_set)
+    # A rule that takes an id another rule held (freed since) starts from zero hits:
+    # counters left by the old owner go now (a run killed after the switch would leave
+    # them), and those it counted until the switch go right after it.
+    fresh = _converge.fresh_ids(converge_plan.previous_ids, converge_plan.rule_ids)
+    _converge.reset_rule_stats(pin_path, fresh)
+    _converge.write_set(pinned, compiled)
+    _converge.write_source(pin_path, converge_plan.new_set, source_chunks)
+    _converge.switch(pinned, converge_plan.generation + 1, after["default_action"])
+    _converge.reset_rule_stats(pin_path, fresh)
+    _converge.clear_set(pinned, current["entries"], converge_plan.active_set)
+
+
+def _settle_record(params, check_mode, result, kernel_digest, rule_ids):
     """Bring the boot restore's record (_saved_state.py) in line with what the kernel holds
-    after this run (result["after"]). Runs under the host lock, so two converges cannot
-    leave the record of the one that lost the race. A missing or stale record is a change."""
+    after this run (result["after"], with the policy ids rule_ids). Runs under the host
+    lock, so two converges cannot leave the record of the one that lost the race. A missing
+    or stale record is a change."""
     state_dir, pin_path = params.get("state_dir"), params["pin_path"]
     if not state_dir:
         return result
@@ -328,7 +437,7 @@ def _settle_record(params, check_mode, result, kernel_digest):
     result["saved_state"] = _saved_state.instance_dir(state_dir, pin_path)
     if not check_mode:
         _saved_state.save_policy(state_dir, pin_path, _saved_state.policy_record(
-            result["after"], kernel_digest, result["generation"]))
+            result["after"], kernel_digest, result["generation"], rule_ids))
     return result
 
 
@@ -338,7 +447,9 @@ def _predict_on_empty(params, state, want_diff):
     held = copy.deepcopy(EMPTY)
     before = copy.deepcopy(EMPTY)
     document, position_of, problems = desired_document(state, held, params)
-    policy, after = normalize(document, position_of, problems)
+    # The ids the real run assigns: from the boot restore's record if there is one.
+    policy, after = normalize(document, position_of, problems,
+                              previous_rule_ids(None, params))
     compiled = _compiler.compile_policy(policy, 1)
     result = {"changed": True, "before": before, "after": after, "generation": 1,
               "stale_entries_removed": 0,
@@ -367,4 +478,5 @@ def input_digest(document):
 
 def _normalized_equal(before, after):
     """The held source went through the same normalization when it was written."""
-    return before["rules"] == after["rules"] and before["segments"] == after["segments"]
+    return before["rules"] == after["rules"] and before["segments"] == after["segments"] and \
+        before.get("tiers", []) == after.get("tiers", [])

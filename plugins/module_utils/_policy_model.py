@@ -581,9 +581,69 @@ def port_label(low, high):
 
 # -- rules and policy ------------------------------------------------------------------
 
+POLICY_ID_MAX = 0x7fffffff     # ids are 1..2**31-1; 0 is the default action's
+
+
 def policy_id_for(name):
-    """Stable id from the name (crc32, 31 bits, never 0): hit counters survive converges."""
-    return zlib.crc32(name.encode("utf-8")) & 0x7fffffff or 1
+    """The id a name asks for: its crc32, 31 bits, never 0. Two names can ask for the same
+    one: assign_policy_ids() decides who gets it."""
+    return zlib.crc32(name.encode("utf-8")) & POLICY_ID_MAX or 1
+
+
+def next_policy_id(policy_id):
+    """The probe: the next id up, from POLICY_ID_MAX back round to 1 (never 0)."""
+    return policy_id + 1 if policy_id < POLICY_ID_MAX else 1
+
+
+def assign_policy_ids(names, previous=None):
+    """{name: policy id} for names: distinct, never 0, stable from converge to converge.
+
+    The kernel knows a rule by its policy id only (hit counters, sessions, log events), so
+    an id must stay with its name. previous is the table the host holds ({name: id}, or
+    None when there is none):
+
+    1. a name previous has keeps its id (an entry that is not a valid id, or an id that
+       previous gives more than one of the names, is ignored: those names count as new);
+    2. the other names, in sorted order, take policy_id_for(name) - the crc32, what every
+       id was before ids were assigned, so a host keeps its ids across the upgrade - or,
+       when that id is taken, the next free one by next_policy_id (linear probe, up, from
+       2**31-1 back round to 1).
+
+    Ids of names no longer present are free again. Without previous the ids depend only on
+    the set of names, not their order. At most 2**31-1 names (far more than fit a map).
+    """
+    ids = {}
+    new = []
+    if previous:
+        get = previous.get
+        for name in names:
+            policy_id = get(name)
+            if policy_id.__class__ is int and 0 < policy_id <= POLICY_ID_MAX:
+                ids[name] = policy_id
+            else:
+                new.append(name)
+        taken = set(ids.values())
+        if len(taken) != len(ids):      # a damaged table: no holder of a shared id keeps it
+            holders = {}
+            for name, policy_id in ids.items():
+                holders.setdefault(policy_id, []).append(name)
+            for policy_id, shared in holders.items():
+                if len(shared) > 1:
+                    taken.discard(policy_id)
+                    for name in shared:
+                        del ids[name]
+                        new.append(name)
+    else:
+        taken = set()
+        new = list(names)
+    new.sort()
+    for name in new:
+        policy_id = policy_id_for(name)
+        while policy_id in taken:
+            policy_id = next_policy_id(policy_id)
+        ids[name] = policy_id
+        taken.add(policy_id)
+    return ids
 
 
 class Rule:
@@ -596,7 +656,7 @@ class Rule:
                  action, canonical=None):
         self.name = name
         self.index = index
-        self.policy_id = policy_id_for(name)
+        self.policy_id = policy_id_for(name)   # until normalize() assigns the policy's ids
         self.direction = direction
         self.directions = DIRECTIONS[direction]
         self.src_prefixes = None if src is None else tuple(src)
@@ -677,6 +737,11 @@ class Policy:
         self.default_action = default_action
         self.tiers = list(tiers)        # highest first; [] when the policy declares none
         self.by_name = dict((rule.name, rule) for rule in rules)
+
+    @property
+    def rule_ids(self):
+        """{name: policy id}: the table the host keeps with the policy source."""
+        return dict((rule.name, rule.policy_id) for rule in self.rules)
 
     def to_rules(self):
         return [rule.to_dict() for rule in self.rules]
@@ -871,11 +936,14 @@ def _position(index):
     return "rules[%d]" % index
 
 
-def normalize(rules, segments, default_action, position_of=None, tiers=None):
+def normalize(rules, segments, default_action, position_of=None, previous_ids=None,
+              tiers=None):
     """Validate everything; a Policy, or one PolicyError listing every problem.
 
     position_of(index): how the caller names the rule at that index of rules in messages
     (default ``rules[index]``, 0-based), for rules that came from somewhere else.
+    previous_ids: the {name: policy id} table the host holds, if any: the rules' policy
+    ids are assign_policy_ids(names, previous_ids).
     tiers: the tier names, highest first: a packet is decided by the highest tier with a
     rule that matches it, within it by the most specific rule; a rule naming no tier is in
     the last one.
@@ -895,7 +963,6 @@ def normalize(rules, segments, default_action, position_of=None, tiers=None):
     tier_names = parse_tiers(tiers, problems)
     out = []
     names = {}
-    ids = {}
     matches = {}
     memo = {}
     for index, raw in enumerate(rules):
@@ -917,15 +984,6 @@ def normalize(rules, segments, default_action, position_of=None, tiers=None):
             problems[-1].index = index
             continue
         names[name] = index
-        policy_id = policy_id_for(name) if rule is None else rule.policy_id
-        other = ids.get(policy_id)
-        if other is not None:
-            problems.append(PolicyError(
-                name, "name", "its policy id %d collides with rule %r (%s), rename one of "
-                "them" % (policy_id, other, position_of(names[other]))))
-            problems[-1].index = index
-            continue
-        ids[policy_id] = name
         if rule is None:
             continue
         for direction in rule.directions:
@@ -947,4 +1005,7 @@ def normalize(rules, segments, default_action, position_of=None, tiers=None):
             if problem.index is not None and problem.position is None:
                 problem.position = position_of(problem.index)
         raise PolicyError.combine(problems)
+    ids = assign_policy_ids([rule.name for rule in out], previous_ids)
+    for rule in out:
+        rule.policy_id = ids[rule.name]
     return Policy(out, segs, defaults, tier_names)

@@ -90,7 +90,9 @@ def restore_policy(record, pin_path, say):
     params = {"state": "overridden", "pin_path": pin_path, "state_dir": None,
               "rules": policy.get("rules") or [], "segments": policy.get("segments") or {},
               "default_action": policy.get("default_action"), "rule_sources": None,
-              "_restored_digest": record.get("input_digest")}
+              "tiers": policy.get("tiers"),
+              "_restored_digest": record.get("input_digest"),
+              "_restored_ids": record.get("rule_ids")}
     try:
         result = _policy.run(params, False, False)
     except _policy.PolicyInputError as exc:

@@ -9,7 +9,8 @@ the kernel here (after the kernel side succeeded, never in check mode), and the 
 
   STATE_DIR/instances/<pin id>/program.json   program parameters and the BPF C source
   STATE_DIR/instances/<pin id>/policy.json    the policy the host holds (normalized rules,
-                                              segments, default actions) and its digest
+                                              segments, default actions), its digest and
+                                              the rules' policy ids
   STATE_DIR/instances/<pin id>/restore.json   the last boot restore: result, times, steps
 
 <pin id> is the pin path with its slashes turned to dashes (/sys/fs/bpf/microseg ->
@@ -134,12 +135,22 @@ def save_program(state_dir, pin_path, record):
 
 
 # -- the policy ------------------------------------------------------------------------------
-def policy_record(document, input_digest, generation):
-    """document: rules, segments, default_action as the host holds them (normalized)."""
+def policy_record(document, input_digest, generation, rule_ids=None):
+    """document: rules, segments, default_action as the host holds them (normalized).
+
+    rule_ids: {rule name: policy id} the kernel gave them, which the restored policy keeps
+    (a record written before rule_ids existed has none: its ids were the crc32 of the
+    names, which is what a converge without a table gives them).
+    """
     held = {"rules": document.get("rules", []), "segments": document.get("segments", {}),
             "default_action": document.get("default_action")}
-    return {"version": FORMAT_VERSION, "policy": held, "input_digest": input_digest,
-            "generation": generation}
+    if document.get("tiers"):
+        held["tiers"] = list(document["tiers"])
+    record = {"version": FORMAT_VERSION, "policy": held, "input_digest": input_digest,
+              "generation": generation}
+    if rule_ids is not None:
+        record["rule_ids"] = dict(rule_ids)
+    return record
 
 
 def policy_saved(state_dir, pin_path):

@@ -26,6 +26,11 @@ description:
     re-evaluated at their next packet (a new deny cuts them). A run killed midway leaves the
     old policy fully in force. Concurrent runs on one host serialize on a lock.
   - Runs that would change nothing write nothing and report C(changed=false).
+  - "Each rule gets a policy id, which hit counters, sessions and log events carry. Ids are
+    distinct and a rule keeps its id as long as its name stays in the policy (the host
+    keeps the table beside the maps and in the record under O(state_dir)); a new name
+    takes the crc32 of the name, or the next free id when another rule holds that one. A
+    rule that takes the id of a removed rule starts with zero hits."
   - "Bad input is refused before anything on the host is touched, with every problem of the
     run at once (the first 20, then how many more): each names the rule by its name and its
     0-based position, the field, the item and the bad value, for example
@@ -56,7 +61,8 @@ options:
         C(src) and C(dst) (CIDRs or segment names, a string or a list; omitted means any),
         C(protocol) (C(tcp), C(udp), C(icmp), C(any) or an IANA number; default C(any)),
         C(dst_ports) and C(src_ports) (tcp/udp only; ports or C("low-high") ranges;
-        omitted means any) and C(action) (C(allow), C(deny) or C(log)).
+        omitted means any), C(action) (C(allow), C(deny) or C(log)) and C(tier) (one of
+        O(tiers); omitted means the last tier).
       - For O(state=deleted) only C(name) is needed.
     type: list
     elements: dict
@@ -81,6 +87,23 @@ options:
         description: How many rules of O(rules) came from it (the next ones in order).
         type: int
         required: true
+  tiers:
+    description:
+      - Ordered tiers, highest first. A packet is decided by the highest tier that has a rule
+        matching it; within that tier the most specific rule wins as without tiers; a tier
+        with no matching rule passes the packet on to the next; after the last tier the
+        default action decides. Rules name their tier in C(tier); a rule that names none is
+        in the last tier. Without tiers every rule is in one tier, as before.
+      - Use a top tier for what must win over everything, such as a quarantine (see
+        EXAMPLES). To end a tier with a verdict instead of passing, give it a catch-all rule
+        (no src, dst or protocol) with that action.
+      - The lookup cost does not grow with the number of tiers - they are folded into the
+        same compiled lookups (one hash, at most four LPM steps).
+      - Kept like O(segments) - O(state=merged), O(state=replaced) and O(state=overridden)
+        set them when given; otherwise the held tiers stay.
+    type: list
+    elements: str
+    version_added: 0.2.0
   segments:
     description:
       - Named address sets, name to list of CIDRs. Overlapping CIDRs are merged.
@@ -153,11 +176,14 @@ EXAMPLES = r"""
         action: allow
     state: overridden
 
+# A quarantine must win over every allow, however specific (web-to-db names db more
+# precisely than "any"): put it in a tier above the others.
 - name: Quarantine one container
   ebpf.microseg.microseg_policy:
+    tiers: [incident, app]
     rules:
-      - {name: quarantine-out, direction: egress, src: 10.10.1.7/32, action: deny}
-      - {name: quarantine-in, direction: ingress, dst: 10.10.1.7/32, action: deny}
+      - {name: quarantine-out, tier: incident, direction: egress, src: 10.10.1.7/32, action: deny}
+      - {name: quarantine-in, tier: incident, direction: ingress, dst: 10.10.1.7/32, action: deny}
 
 - name: Lift the quarantine
   ebpf.microseg.microseg_policy:
@@ -251,6 +277,7 @@ def main():
                 count=dict(type="int", required=True),
             )),
             segments=dict(type="dict"),
+            tiers=dict(type="list", elements="str"),
             default_action=dict(type="dict", options=dict(
                 egress=dict(type="str", choices=["allow", "deny"]),
                 ingress=dict(type="str", choices=["allow", "deny"]),

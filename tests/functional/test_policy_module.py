@@ -17,12 +17,16 @@ import time
 import pytest
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
+from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
 from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
+from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
+from ansible_collections.ebpf.microseg.plugins.module_utils import _policy
 from ansible_collections.ebpf.microseg.tests.harness.ansible_runner import (
     collections_path, run_playbook)
 from ansible_collections.ebpf.microseg.tests.harness.datapath import new_pin_path
 from ansible_collections.ebpf.microseg.tests.harness.netlab import PROBE, Lab
+from ansible_collections.ebpf.microseg.tests.harness.policy_names import crc31, names_with_id
 
 SIZES = {"policy_map_size": 200000, "range_map_size": 8192, "session_map_size": 16384}
 
@@ -242,6 +246,62 @@ def test_quarantine_stops_all_flows_of_one_container_both_ways(fleet):
         _close(held)
 
 
+def test_a_top_tier_quarantine_wins_over_a_more_specific_allow(fleet):
+    """web-to-db names db more precisely than the quarantine's "any": without tiers the
+    allow wins (most specific first), in a lower tier it loses, on real traffic, and the
+    established postgres flow is cut at its next packet."""
+    lab, pin = fleet
+    web = lab["web"].address
+    quarantine = [
+        {"name": "quarantine-web-out", "tier": "incident", "direction": "egress",
+         "src": web + "/32", "action": "deny"},
+        {"name": "quarantine-web-in", "tier": "incident", "direction": "ingress",
+         "dst": web + "/32", "action": "deny"},
+    ]
+    untiered = [dict((k, v) for k, v in rule.items() if k != "tier") for rule in quarantine]
+    assert converge(pin, rules=BASE_RULES + untiered, segments=segments(lab),
+                    default_action=DENY_ALL, state="overridden").rc == 0
+    assert lab["web"].probe("tcp", lab["db"].address, 5432) == "ok"      # the allow wins
+    held = _hold(lab["web"], lab["db"].address, 5432)
+    try:
+        assert _say(held, "x") == "ok"
+        check = converge(pin, check=True, diff=True, rules=BASE_RULES + quarantine,
+                         tiers=["incident", "app"], segments=segments(lab),
+                         default_action=DENY_ALL, state="overridden")
+        assert check.task()["changed"] is True
+        assert check.task()["diff"]["after"]["tiers"] == ["incident", "app"]
+        assert _say(held, "y") == "ok"                 # check mode wrote nothing
+        res = converge(pin, rules=BASE_RULES + quarantine, tiers=["incident", "app"],
+                       segments=segments(lab), default_action=DENY_ALL, state="overridden")
+        assert res.rc == 0 and res.task()["changed"] is True, res.stdout
+        assert _say(held, "z") == "fail"
+        got = matrix(lab)
+        assert not any(v for (s, d, _svc), v in got.items() if "web" in (s, d))
+        again = converge(pin, rules=BASE_RULES + quarantine, tiers=["incident", "app"],
+                         segments=segments(lab), default_action=DENY_ALL, state="overridden")
+        assert again.task()["changed"] is False
+        gathered = converge(pin, state="gathered").task()["gathered"]
+        assert gathered["tiers"] == ["incident", "app"]
+        assert [r.get("tier") for r in gathered["rules"]][-2:] == ["incident", "incident"]
+        # A merged run that names no tiers keeps the held ones.
+        kept = converge(pin, rules=[{"name": "web-ping-db", "direction": "both",
+                                     "src": ["web"], "dst": ["db"], "protocol": "icmp",
+                                     "action": "allow"}])
+        assert kept.rc == 0, kept.stdout
+        assert converge(pin, state="gathered").task()["gathered"]["tiers"] == ["incident", "app"]
+        # A rule naming a tier the policy does not declare is refused, nothing written.
+        before = generation(pin)
+        bad = converge(pin, rules=[dict(quarantine[0], name="q2", tier="incidnet")])
+        assert bad.rc != 0
+        assert "rule 'q2' (rules[0]): tier 'incidnet': must be one of the declared tiers " \
+               "(incident, app), did you mean incident?" in bad.task()["msg"], bad.task()["msg"]
+        assert generation(pin) == before
+    finally:
+        _close(held)
+        converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                 state="overridden", tiers=[])
+
+
 def test_gathered_and_rendered(fleet):
     lab, pin = fleet
     assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
@@ -385,3 +445,100 @@ def test_policy_larger_than_the_maps_is_refused_before_writing(fleet):
     assert "does not fit" in res.task()["msg"] and "range_map" in res.task()["msg"]
     assert generation(pin) == gen
     assert lab["web"].probe("tcp", lab["db"].address, 5432) == "ok"
+
+
+# -- policy ids -------------------------------------------------------------------------------
+
+def _rule_hits(pin):
+    with _maps.PinnedMaps(pin, names=["rule_stats_map"]) as pinned:
+        return dict((key.value, value.hits) for key, value in pinned.items("rule_stats_map"))
+
+
+def _active_ids(pin):
+    """{name: id} stored with the active set, and the ids its entries carry."""
+    active = generation(pin) & 1
+    table = _converge.read_source(pin, active)["rule_ids"]
+    used = set()
+    with _maps.PinnedMaps(pin, names=list(_converge.POLICY_MAPS)) as pinned:
+        for name in _converge.POLICY_MAPS:
+            for key, value in pinned.items(name):
+                if _converge.entry_set(name, key.pack()) == active and value.policy_id:
+                    used.add(value.policy_id)
+    return table, used
+
+
+def _names(pin):
+    """{policy id: name} as microseg_facts and the monitor name the counters."""
+    with _maps.PinnedMaps(pin, names=["config_map"]) as pinned:
+        return _facts.rule_names(pin, pinned.config())
+
+
+def _predicted_ids(pin, monkeypatch, **params):
+    """The ids a check-mode run of the module's code compiles, caught at the compiler."""
+    seen = []
+    real = _compiler.compile_policy
+
+    def catch(policy, policy_set):
+        seen.append(policy.rule_ids)
+        return real(policy, policy_set)
+    monkeypatch.setattr(_compiler, "compile_policy", catch)
+    args = {"rules": [], "segments": None, "default_action": None, "state": "merged",
+            "pin_path": pin, "rule_sources": None, "state_dir": None}
+    args.update(params)
+    _policy.run(args, True, False)
+    monkeypatch.undo()
+    return seen[-1]
+
+
+def test_colliding_names_get_distinct_ids_and_a_freed_id_starts_from_zero(
+        fleet, monkeypatch):
+    """Three names with the same crc32 k: the first two converge to k and k+1; the second
+    goes, the third comes and takes k+1 with zero hits, the first keeps k and its hits."""
+    lab, pin = fleet
+    web, db = lab["web"], lab["db"]
+    k = crc31("the-colliding-id")
+    first, second, third = sorted(names_with_id(k, 3))
+
+    def allow(name, port):
+        return {"name": name, "direction": "both", "src": ["web"], "dst": ["db"],
+                "protocol": "tcp", "dst_ports": [port], "action": "allow"}
+    plain = {"name": "web-dns-db", "direction": "both", "src": ["web"], "dst": ["db"],
+             "protocol": "udp", "dst_ports": [53], "action": "allow"}
+    rules = [allow(second, 80), allow(first, 5432), plain]
+    args = dict(segments=segments(lab), default_action=DENY_ALL, state="overridden")
+    predicted = _predicted_ids(pin, monkeypatch, rules=rules, **args)
+    assert converge(pin, rules=rules, **args).task()["changed"] is True
+    table, used = _active_ids(pin)
+    assert table == predicted == {first: k, second: k + 1, "web-dns-db": crc31("web-dns-db")}
+    assert used == set(table.values())
+    for _round in range(3):
+        assert web.probe("tcp", db.address, 5432) == "ok"
+        assert web.probe("tcp", db.address, 80) == "ok"
+    assert web.probe("udp", db.address, 53) == "ok"
+    hits = _rule_hits(pin)
+    assert hits[k] > 0 and hits[k + 1] > 0 and hits[table["web-dns-db"]] > 0
+    names = _names(pin)
+    assert names[k] == first and names[k + 1] == second
+
+    # second and the plain rule go, third comes: k + 1 is free again and third takes it.
+    rules = [allow(first, 5432), allow(third, 80)]
+    predicted = _predicted_ids(pin, monkeypatch, rules=rules, **args)
+    res = converge(pin, rules=rules, **args).task()
+    assert res["changed"] is True and res["stale_entries_removed"] == 0
+    table, used = _active_ids(pin)
+    assert table == predicted == {first: k, third: k + 1}
+    assert used == {k, k + 1}
+    after = _rule_hits(pin)
+    assert k + 1 not in after                   # second's hits are not third's
+    assert after[k] == hits[k]                  # first kept its id and its hits
+    # A removed rule whose id nobody took keeps its counter, as before ids were assigned.
+    assert after[crc31("web-dns-db")] == hits[crc31("web-dns-db")]
+    assert web.probe("tcp", db.address, 80) == "ok"
+    counted = _rule_hits(pin)
+    assert 0 < counted[k + 1] < hits[k + 1]     # one connection, not second's three
+    names = _names(pin)
+    assert names[k + 1] == third and names[crc31("web-dns-db")] == "web-dns-db"
+
+    # The same input again: nothing changes, the counters live on.
+    assert converge(pin, rules=rules, **args).task()["changed"] is False
+    assert _rule_hits(pin)[k + 1] == counted[k + 1]
