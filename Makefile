@@ -18,7 +18,7 @@ VM_HOSTS ?= 1
 LAB_ANSIBLE := $(WITH_COLL) ANSIBLE_FORKS=20 ANSIBLE_HOST_KEY_CHECKING=False
 PYTEST := $(WITH_COLL) $(PY) -m pytest -p no:cacheprovider -q -ra
 
-.PHONY: help deps collection copy sanity lint integration molecule molecule-vm demo-vm demo-vm-clean unit functional test demo demo-clean bench bench-flood bench-floods build clean
+.PHONY: help deps collection copy sanity lint integration molecule molecule-vm demo-vm demo-vm-clean unit functional test demo demo-clean bench bench-flood bench-floods bench-explain build clean
 
 help:
 	@echo "make demo        build the lab fleet (LAB_HOSTS=3), run site.yml over SSH, print the matrix"
@@ -31,6 +31,7 @@ help:
 	@echo "make bench       data plane ns/packet and control plane timings (bench/results.md)"
 	@echo "make bench-flood a denied flood: shipped (no deny sessions) vs deny entries"
 	@echo "make bench-floods real floods from one container: the others' connections"
+	@echo "make bench-explain microseg_explain latency, 1 and 100 flows against 10,000 rules"
 	@echo "make build       ansible-galaxy collection build into build/dist"
 
 deps:
@@ -107,6 +108,10 @@ bench-flood: deps collection
 # Floods from one container on real traffic: what the other containers see (issue 24).
 bench-floods: deps collection
 	cd $(COLL) && $(WITH_COLL) $(PY) bench/floods.py
+
+# microseg_explain against 10,000 rules: 1 and 100 flows, module code path and ad hoc.
+bench-explain: deps collection
+	cd $(COLL) && $(WITH_COLL) $(PY) bench/explain.py
 
 build: deps
 	@mkdir -p $(BUILD)/dist

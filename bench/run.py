@@ -413,6 +413,10 @@ def main():
         results.add(("microseg_policy converge (module code path), wall seconds",
                      table(("run", "seconds", "entries moved", "changed"),
                            converge_rows())))
+        print("control plane: microseg_explain against 10,000 rules", file=sys.stderr)
+        from ansible_collections.ebpf.microseg.bench import explain as explain_bench
+        results.add(("microseg_explain against 10,000 rules, seconds",
+                     table(explain_bench.HEADERS, explain_bench.rows(args.rounds))))
     if READ_BACK_ROWS:
         print("control plane: microseg-monitor CPU and memory", file=sys.stderr)
         from ansible_collections.ebpf.microseg.bench import monitor as monitor_bench

@@ -4,7 +4,8 @@
 """The compiler against the reference model, through a Python rendition of decide().
 
 simulate() walks the compiled entries exactly as decide() in files/bpf/lib/policy.h does
-(exact hash, then the four longest-prefix stages, a miss meaning the default). Hypothesis
+(exact hash, then the four longest-prefix stages, a miss meaning the default): the walk of
+plugins/module_utils/_lookup.py, which microseg_explain runs over the pinned maps. Hypothesis
 draws colliding rule sets and boundary packets with the strategies of
 tests/harness/policy_strategies.py, which the real-kernel test
 tests/functional/test_differential.py shares.
@@ -21,6 +22,7 @@ from hypothesis import given, settings, strategies as st
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _abi
 from ansible_collections.ebpf.microseg.plugins.module_utils import _compiler
+from ansible_collections.ebpf.microseg.plugins.module_utils import _lookup
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils._policy_model import (
     PolicyError, normalize, parse_cidr)
@@ -32,70 +34,9 @@ from ansible_collections.ebpf.microseg.tests.harness.policy_strategies import (
 
 # -- decide() in Python ---------------------------------------------------------------------
 
-class Kernel:
-    """decide() over compiled entries: the maps indexed by class id, looked up as the
-    kernel's LPM tries do (longest prefix over the big-endian bits after prefixlen; a
-    later write of the same prefix replaces an earlier one)."""
-
-    def __init__(self, compiled):
-        self.exact = {}
-        for key, value in compiled.policy_map:
-            self.exact[key.pack()] = value
-        self.tries = {}
-        for name in _compiler.MAP_NAMES[1:]:
-            by_class = self.tries[name] = {}
-            for key, value in getattr(compiled, name):
-                data = key.pack()[4:]
-                by_class.setdefault(key.class_id, []).append(
-                    (key.prefixlen, int.from_bytes(data, "big"), len(data) * 8, value))
-
-    def lpm(self, name, key):
-        data = key.pack()[4:]
-        want = int.from_bytes(data, "big")
-        best, best_len = None, -1
-        for plen, have, width, value in self.tries[name].get(key.class_id, ()):
-            shift = width - plen
-            if have >> shift == want >> shift and plen >= best_len:
-                best, best_len = value, plen
-        return best
-
-    def decide(self, policy_set, default_action, packet):
-        """(action, policy_id) for the first packet of a flow."""
-        direction = 0 if packet["direction"] == "egress" else 1
-        proto = packet["protocol"]
-        sport, dport = packet["src_port"], packet["dst_port"]
-        if proto not in (6, 17):
-            sport = dport = 0       # the kernel parses ports of TCP and UDP only
-        src, dst = _maps.ip_to_u32(packet["src"]), _maps.ip_to_u32(packet["dst"])
-        found = self.exact.get(_maps.PolicyKey(
-            src_ip=src, dst_ip=dst, src_port=sport, dst_port=dport, protocol=proto,
-            direction=direction, policy_set=policy_set).pack())
-        if found is not None:
-            return _abi.ACTION_NAMES[found.action], found.policy_id
-        default = (default_action[packet["direction"]], 0)
-        remote, local = (dst, src) if direction == 0 else (src, dst)
-        rv = self.lpm("ip_range_map", _maps.LpmKey(
-            prefixlen=64, class_id=(policy_set << 1) | direction, ip=remote))
-        if rv is None:
-            return default
-        if not rv.flags & _abi.RANGE_FLAG_FINAL:
-            rv = self.lpm("local_range_map",
-                          _maps.LpmKey(prefixlen=64, class_id=rv.next_class, ip=local))
-            if rv is None:
-                return default
-        if not rv.flags & _abi.RANGE_FLAG_FINAL:
-            key = _maps.PortLpmKey(prefixlen=56, class_id=rv.next_class, protocol=proto)
-            key.port[0], key.port[1] = _maps.port_to_bytes(dport)
-            rv = self.lpm("port_range_map", key)
-            if rv is None:
-                return default
-        if not rv.flags & _abi.RANGE_FLAG_FINAL:
-            key = _maps.SportLpmKey(prefixlen=48, class_id=rv.next_class)
-            key.port[0], key.port[1] = _maps.port_to_bytes(sport)
-            rv = self.lpm("sport_range_map", key)
-            if rv is None or not rv.flags & _abi.RANGE_FLAG_FINAL:
-                return default   # a chain longer than four steps: decide() takes the default
-        return _abi.ACTION_NAMES[rv.action], rv.policy_id
+# lookup_policy() over compiled entries: plugins/module_utils/_lookup.py, the walk
+# microseg_explain runs over the pinned maps.
+Kernel = _lookup.Entries
 
 
 def simulate(compiled, policy_set, default_action, packet):
