@@ -269,6 +269,8 @@ def model_policy(source, kernel_default):
     try:
         return _policy_model.normalize(source.get("rules") or [], source.get("segments") or {},
                                        source.get("default_action") or kernel_default,
+                                       # the ids the converge gave, so kernel ids map back
+                                       previous_ids=_converge.source_rule_ids(source),
                                        tiers=source.get("tiers"))
     except _policy_model.PolicyError as exc:
         raise ExplainError("the policy stored with the maps no longer normalizes (%s); "

@@ -29,10 +29,10 @@ QUARANTINE_IN = {"name": "quarantine-in", "direction": "ingress", "dst": "198.18
 FLOW = {"src": "198.18.1.7", "dst": "198.18.2.10", "protocol": "tcp", "dst_port": 5432}
 
 
-def explain(rules, flows, default=None, corrupt=None, policy_set=0):
+def explain(rules, flows, default=None, corrupt=None, policy_set=0, tiers=None):
     """(results, disagreements) with the kernel's answer from the compiled entries;
     corrupt(entries) may change them first, as a bad write to the kernel would."""
-    policy = normalize(rules, SEGMENTS, default or DENY)
+    policy = normalize(rules, SEGMENTS, default or DENY, tiers=tiers)
     entries = _lookup.Entries(_compiler.compile_policy(policy, policy_set))
     if corrupt is not None:
         corrupt(entries)
@@ -71,6 +71,17 @@ def test_quarantine_deny_loses_to_the_more_specific_allow_as_the_model_says():
     assert winner["why"].startswith("decides: beats 'quarantine-out' on remote_prefix (32 > 0")
     assert loser["why"].startswith("below 'web-to-db' on remote_prefix (0 < 32")
     assert egress["kernel"]["decided_by"] == "web-to-db" and egress["agree"] is True
+
+
+def test_a_top_tier_quarantine_decides_and_the_allow_ranks_below_it_on_tier():
+    tiered = [dict(QUARANTINE_OUT, tier="incident"), WEB_TO_DB]
+    results, disagreements = explain(tiered, [FLOW], tiers=["incident", "app"])
+    assert disagreements == []
+    egress = results[0]["egress"]
+    assert (egress["verdict"], egress["decided_by"]) == ("deny", "quarantine-out")
+    assert names(egress) == ["quarantine-out", "web-to-db"]
+    assert egress["matching_rules"][1]["differs_on"] == "tier"
+    assert egress["kernel"]["decided_by"] == "quarantine-out" and egress["agree"] is True
 
 
 def test_both_directions_are_the_same_five_tuple_at_each_hook():
