@@ -250,7 +250,14 @@ def _run(params, check_mode, want_diff):
     if state == "rendered":
         return _rendered(params)
     if not os.path.exists(os.path.join(pin_path, "config_map")):
-        if check_mode and state not in ("gathered", "deleted"):
+        if state == "gathered":
+            # Nothing converged here: the empty policy, as a resource module gathers it.
+            empty = copy.deepcopy(EMPTY)
+            return {"changed": False, "before": empty, "after": empty, "gathered": empty,
+                    "generation": 0,
+                    "warnings": ["no microseg program under %s: nothing is converged there "
+                                 "(the empty policy is returned)" % pin_path]}
+        if check_mode and state != "deleted":
             return _predict_on_empty(params, state, want_diff)
         raise PolicyInputError("no microseg program under %s: run "
                                "ebpf.microseg.microseg_program first" % pin_path)

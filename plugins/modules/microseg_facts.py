@@ -91,6 +91,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+msg:
+  description: Why there are no facts, when no data plane is pinned at O(pin_path).
+  returned: when RV(ansible_facts.microseg.installed) is false
+  type: str
+  sample: "no microseg data plane is pinned at /sys/fs/bpf/microseg: run ebpf.microseg.microseg_program (or the ebpf.microseg.microseg role) first"
 ansible_facts:
   description: Facts under the C(microseg) key.
   returned: always
@@ -102,7 +107,10 @@ ansible_facts:
       returned: always
       contains:
         installed:
-          description: Whether the pinned maps exist.
+          description:
+            - Whether the pinned maps exist. When they do not, RV(msg) says so and names any
+              other pin directory under C(/sys/fs/bpf) holding a data plane (a mistyped
+              O(pin_path)).
           type: bool
           returned: always
         saved_state:
@@ -205,6 +213,8 @@ ansible_facts:
           returned: when installed
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 from ansible_collections.ebpf.microseg.plugins.module_utils import _facts
@@ -254,7 +264,27 @@ def main():
                                                     module.params["pin_path"])
         facts["boot_restore"] = _saved_state.restore_result(module.params["state_dir"],
                                                             module.params["pin_path"])
-    module.exit_json(changed=False, ansible_facts={"microseg": facts})
+    output = {"changed": False, "ansible_facts": {"microseg": facts}}
+    if not facts["installed"]:
+        output["msg"] = not_installed_message(module.params["pin_path"])
+    module.exit_json(**output)
+
+
+def not_installed_message(pin_path, bpffs="/sys/fs/bpf"):
+    """Why there are no facts, and where a data plane is if pin_path is mistyped."""
+    found = []
+    try:
+        for name in sorted(os.listdir(bpffs)):
+            if os.path.exists(os.path.join(bpffs, name, "config_map")):
+                found.append(os.path.join(bpffs, name))
+    except OSError:
+        pass
+    found = [path for path in found if path != pin_path.rstrip("/")]
+    text = ("no microseg data plane is pinned at %s: run ebpf.microseg.microseg_program "
+            "(or the ebpf.microseg.microseg role) first" % pin_path)
+    if found:
+        text += "; one is pinned at %s (pin_path?)" % ", ".join(found[:5])
+    return text
 
 
 if __name__ == "__main__":

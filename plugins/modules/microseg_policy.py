@@ -130,7 +130,8 @@ options:
       - C(replaced) replaces each rule of the same name whole, and adds new ones.
       - C(overridden) leaves the host with exactly the given rules.
       - C(deleted) removes the rules named, or every rule when none is given.
-      - C(gathered) returns what the host holds, changing nothing.
+      - C(gathered) returns what the host holds, changing nothing (the empty policy, with a
+        warning, where no program is pinned).
       - C(rendered) compiles offline and returns the map entries, touching no host state.
     type: str
     choices: [merged, replaced, overridden, deleted, gathered, rendered]

@@ -313,6 +313,13 @@ def test_facts_on_a_host_without_the_program(lab):
     res = run_adhoc("ebpf.microseg.microseg_facts", "pin_path=%s" % pin)
     assert res.rc == 0
     assert res.task()["ansible_facts"]["microseg"]["installed"] is False
+    assert res.task()["msg"].startswith("no microseg data plane is pinned at %s: run "
+                                        "ebpf.microseg.microseg_program" % pin)
+    # gathered returns the empty policy (with a warning) instead of failing.
+    gathered = run_adhoc("ebpf.microseg.microseg_policy", "pin_path=%s state=gathered" % pin)
+    assert gathered.rc == 0, gathered.stdout
+    assert gathered.task()["gathered"]["rules"] == []
+    assert "nothing is converged there" in " ".join(gathered.task().get("warnings", []))
 
 
 def _flood(sender, address, port, seconds):
