@@ -231,6 +231,13 @@ entry_changes:
   returned: always except gathered
   type: dict
   sample: {"policy_map": {"added": 2, "removed": 0, "changed": 0, "entries": 2}}
+stale_entries_removed:
+  description:
+    - Entries a run killed before its switch had left in the inactive policy set, removed
+      by this run (counted, not removed, in check mode).
+  returned: always except gathered and rendered
+  type: int
+  sample: 0
 rendered:
   description: The compiled map entries, per map, as dicts of key and value fields.
   returned: when state is rendered

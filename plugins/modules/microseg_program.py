@@ -308,6 +308,18 @@ pin_path:
   description: The pin directory.
   returned: always
   type: str
+  sample: /sys/fs/bpf/microseg
+bpffs_mounted:
+  description: Whether the run mounted bpffs at C(/sys/fs/bpf) (it was not mounted).
+  returned: when state is present and the run changed the host
+  type: bool
+  sample: false
+unpinned:
+  description: The pins removed under O(pin_path), by name (the directory goes too when nothing else is left in it).
+  returned: when state is absent and the pin directory existed
+  type: list
+  elements: str
+  sample: ["config_map", "microseg_from_container", "session_map"]
 """
 
 import traceback
