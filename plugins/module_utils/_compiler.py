@@ -297,6 +297,8 @@ class _Compiler:
             higher = [r for r in self.policy.rules
                       if r.tier_rank > rule.tier_rank and not r.exact]
             self.higher_tiers[rule.tier_rank] = higher
+        if not higher:
+            return False        # the top tier, or a policy without tiers
         point = (rule.src_prefixes[0][0], rule.dst_prefixes[0][0], rule.protocol,
                  rule.src_ports[0][0], rule.dst_ports[0][0])
         return any(_verdict_rank(other, direction, *point) is not None for other in higher)

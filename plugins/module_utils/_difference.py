@@ -35,12 +35,8 @@ class DifferenceTracker:
     def __contains__(self, name):
         return name in self._index
 
-    def differs(self, name=None):
-        """Does the facet (or any facet) end other than it starts?"""
-        facets = self._facets if name is None else [self._facets[self._index[name]]]
-        return any(before != after for _name, before, after in facets)
-
     def differing(self):
+        """The facets that end other than they start, in order."""
         return [name for name, before, after in self._facets if before != after]
 
     @property

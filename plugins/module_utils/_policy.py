@@ -342,12 +342,16 @@ class ConvergePlan:
     def writes(self):
         return self.switch or self.stale > 0
 
+    @property
+    def after(self):
+        """The document after the run (a facet only one side has is left out of the other)."""
+        return dict((k, v) for k, v in self.diff.after.items() if v is not None)
+
     def result(self, want_diff):
-        after = dict((k, v) for k, v in self.diff.after.items() if v is not None)
+        after = self.after
         before = dict((k, v) for k, v in self.diff.before.items() if v is not None)
         out = {"changed": self.writes, "before": before, "after": after,
-               "entry_changes": self.entry_changes,
-               "stale_entries_removed": self.stale if self.compiled is not None else 0,
+               "entry_changes": self.entry_changes, "stale_entries_removed": self.stale,
                "generation": self.generation + (1 if self.switch else 0)}
         if want_diff and self.compiled is not None:
             out["diff"] = {"before": before, "after": after}
@@ -376,15 +380,14 @@ def plan_converge(params, current, held, before):
     active_as_written = source is not None and not out.stale and \
         source.get("entry_counts") == current["counts"][out.active_set]
     same_defaults = before["default_action"] == document["default_action"]
+    # Both early exits need active_as_written, so no stale entries wait: nothing to write.
     if active_as_written and held_digest == out.digest and same_defaults:
-        out.stale = 0
         out.rule_ids = out.previous_ids
         return out
     policy, after = normalize(document, position_of, previous_ids=out.previous_ids)
     out.rule_ids = policy.rule_ids
     out.set_after(after)
     if active_as_written and _normalized_equal(before, after) and same_defaults:
-        out.stale = 0
         return out
     out.compiled = _compiler.compile_policy(policy, out.new_set)
     active_entries = dict((name, current["entries"][name][out.active_set])
@@ -409,7 +412,7 @@ def _apply_converge(pinned, pin_path, current, converge_plan):
     problems = _converge.capacity_problems(current, compiled)
     if problems:
         raise PolicyInputError("policy does not fit: " + "; ".join(problems))
-    after = converge_plan.result(False)["after"]
+    after = converge_plan.after
     try:
         source_chunks = _converge.encode_source(dict(after, entry_counts=compiled.counts(),
                                                      input_digest=converge_plan.digest,
