@@ -18,6 +18,7 @@ from ansible_collections.ebpf.microseg.plugins.module_utils import _converge
 from ansible_collections.ebpf.microseg.plugins.module_utils import _difference
 from ansible_collections.ebpf.microseg.plugins.module_utils import _maps
 from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_model
+from ansible_collections.ebpf.microseg.plugins.module_utils import _policy_text
 from ansible_collections.ebpf.microseg.plugins.module_utils import _saved_state
 
 EMPTY = {"rules": [], "segments": {}, "default_action": {"egress": "allow", "ingress": "allow"}}
@@ -249,12 +250,14 @@ def _run(params, check_mode, want_diff):
     pin_path = params["pin_path"]
     if state == "rendered":
         return _rendered(params)
+    if state == "parsed":
+        return parsed(params["running_config"])
     if not os.path.exists(os.path.join(pin_path, "config_map")):
         if state == "gathered":
             # Nothing converged here: the empty policy, as a resource module gathers it.
             empty = copy.deepcopy(EMPTY)
             return {"changed": False, "before": empty, "after": empty, "gathered": empty,
-                    "generation": 0,
+                    "generation": 0, "running_config": _policy_text.format_lines(empty),
                     "warnings": ["no microseg program under %s: nothing is converged there "
                                  "(the empty policy is returned)" % pin_path]}
         if check_mode and state != "deleted":
@@ -268,7 +271,8 @@ def _run(params, check_mode, want_diff):
             held, before = _held_document(current)
             if state == "gathered":
                 return {"changed": False, "before": before, "after": before,
-                        "gathered": before, "generation": current["generation"]}
+                        "gathered": before, "generation": current["generation"],
+                        "running_config": _policy_text.format_lines(before)}
             converge_plan = plan_converge(params, current, held, before)
             result = converge_plan.result(want_diff)
             if not check_mode and converge_plan.writes:
@@ -284,6 +288,16 @@ def _rendered(params):
     compiled = _compiler.compile_policy(policy, 0)
     return {"changed": False, "after": canonical, "rendered": _entries_view(compiled),
             "entry_changes": _all_added(compiled)}
+
+
+def parsed(running_config):
+    """state=parsed: the policy a text holds, checked as rules are, touching no host."""
+    try:
+        document, position_of, problems = _policy_text.read(running_config)
+    except _policy_text.TextProblems as exc:
+        raise refused(_policy_model.PolicyError.combine(exc.problems))
+    _policy, canonical = normalize(document, position_of, problems)
+    return {"changed": False, "parsed": canonical}
 
 
 def _all_added(compiled):

@@ -77,7 +77,7 @@ _SHORT.maxstring = 48
 _SHORT.maxother = 48
 _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
 _SHORT.maxlevel = 2
-_NO_VALUE = object()
+NO_VALUE = object()     # "no value to show" (None is a value)
 _KINDS = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"),
           (dict, "a mapping"), (list, "a list"), (tuple, "a list"))
 
@@ -127,7 +127,7 @@ class PolicyError(Exception):
     its own list). ``rule``, ``field`` and ``message`` are those of the first.
     """
 
-    def __init__(self, rule, field, message, item=None, value=_NO_VALUE, position=None,
+    def __init__(self, rule, field, message, item=None, value=NO_VALUE, position=None,
                  errors=None):
         self.rule = rule
         self.field = field
@@ -158,7 +158,7 @@ class PolicyError(Exception):
         subject = str(self.field)
         if self.item is not None:
             subject += "[%s]" % self.item
-        if self.value is not _NO_VALUE:
+        if self.value is not NO_VALUE:
             subject += " " + short_repr(self.value)
         where = rule_label(self.rule, self.position)
         if where is None:
@@ -289,7 +289,7 @@ _FIELD_ALIASES = {"dport": "dst_ports", "dports": "dst_ports", "port": "dst_port
                   "target": "action"}
 
 
-def _close_match(word, choices):
+def close_match(word, choices):
     """', did you mean X?' for a likely typo, else ''."""
     word = str(word).strip()
     choices = [str(c) for c in choices]
@@ -428,7 +428,7 @@ def _addresses(value, segments, rule, field, memo=None):
         else:
             problems.append(PolicyError(
                 rule, field, "unknown segment%s (known: %s)"
-                % (_close_match(item, [n for n in segments if segments[n] is not None]),
+                % (close_match(item, [n for n in segments if segments[n] is not None]),
                    _known(segments)), item=position, value=item))
     if problems:
         problems.sort(key=lambda problem: problem.item or 0)
@@ -763,7 +763,7 @@ def _default_action(default_action, problems):
     for key in sorted(set(default_action) - set(("egress", "ingress")), key=str):
         problems.append(PolicyError(None, "default_action.%s" % (key,), "unknown direction%s "
                                     "(known: egress, ingress)"
-                                    % _close_match(key, ("egress", "ingress"))))
+                                    % close_match(key, ("egress", "ingress"))))
     for direction in ("egress", "ingress"):
         value = default_action.get(direction)
         value = "allow" if value is None else value
@@ -816,7 +816,7 @@ def _set_tier(rule, raw, tiers, problems):
                   "highest first)"
     elif isinstance(name, str):
         message = "must be one of the declared tiers (%s)%s" % (
-            ", ".join(tiers), _close_match(name, tiers))
+            ", ".join(tiers), close_match(name, tiers))
     else:
         message = "must be a tier name (%s), got %s" % (", ".join(tiers), kind(name))
     problems.append(PolicyError(rule.name, "tier", message, value=name))
@@ -829,7 +829,7 @@ def _bad_choice(value, field, choices, rule, problems):
         problems.append(PolicyError(rule, field, "is required (%s)" % _or(choices)))
         return
     if isinstance(value, str):
-        extra = _close_match(value.lower(), choices)
+        extra = close_match(value.lower(), choices)
     else:
         extra = " (got %s)" % kind(value)
     problems.append(PolicyError(rule, field, "must be %s%s" % (_or(choices), extra),
@@ -884,7 +884,7 @@ def _rule(raw, index, segments, memo, problems):
     if not _RULE_KEY_SET.issuperset(raw):
         for key in sorted(set(raw).difference(_RULE_KEY_SET), key=str):
             problems.append(PolicyError(rule, str(key), "unknown rule field%s (known: %s)"
-                                        % (_close_match(key, RULE_KEYS), ", ".join(RULE_KEYS))))
+                                        % (close_match(key, RULE_KEYS), ", ".join(RULE_KEYS))))
     direction = raw.get("direction")
     if direction is None:
         direction = DEFAULT_DIRECTION

@@ -40,9 +40,10 @@ author:
   - ebpf.microseg developers (@ebpf-microseg)
 requirements:
   - netaddr on the target
-  - the microseg program loaded by M(ebpf.microseg.microseg_program) (except for O(state=rendered))
-  - root on the target (except for O(state=rendered)); without it the module fails at once
-    saying so
+  - the microseg program loaded by M(ebpf.microseg.microseg_program) (except for O(state=rendered)
+    and O(state=parsed))
+  - root on the target (except for O(state=rendered) and O(state=parsed)); without it the
+    module fails at once saying so
 attributes:
   check_mode:
     support: full
@@ -133,9 +134,27 @@ options:
       - C(gathered) returns what the host holds, changing nothing (the empty policy, with a
         warning, where no program is pinned).
       - C(rendered) compiles offline and returns the map entries, touching no host state.
+      - C(parsed) reads the policy from O(running_config), checks it as O(rules) are checked
+        and returns it as RV(parsed), touching no host state (no root, no program needed).
     type: str
-    choices: [merged, replaced, overridden, deleted, gathered, rendered]
+    choices: [merged, replaced, overridden, deleted, gathered, rendered, parsed]
     default: merged
+  running_config:
+    description:
+      - The policy as text, for O(state=parsed); required there and only used there.
+      - Either what O(state=gathered) returns, as JSON or YAML (RV(gathered) itself, the
+        whole registered result, or a list of rules), or the line spelling that
+        RV(running_config) holds - one statement per line, C(#) starts a comment.
+      - "C(default egress deny); C(tiers incident app); C(segment db 198.18.2.10/32,
+        198.18.2.11/32); C(rule web-to-db both src web dst db proto tcp dport 5432 allow). A rule
+        line is C(rule NAME) then, in any order, a direction (C(egress), C(ingress), C(both)),
+        an action (C(allow), C(deny), C(log)), C(tier T), C(src A, B), C(dst A, B), C(proto P),
+        C(sport PORTS) and C(dport PORTS) (ports and C(low-high) ranges, comma separated).
+        Words split as in a POSIX shell: quote a name with spaces or commas."
+      - Messages about a rule name the line it is on, as C(running_config line 7) where other
+        runs say C(rules[3]).
+    type: str
+    version_added: 0.2.0
   pin_path:
     description: Pin directory of the microseg program.
     type: path
@@ -211,31 +230,65 @@ EXAMPLES = r"""
   ebpf.microseg.microseg_policy:
     state: gathered
   register: enforced
+
+- name: Keep it as text (one line per rule), for review or a later parsed/overridden run
+  ansible.builtin.copy:
+    content: "{{ enforced.running_config }}"
+    dest: "policies/{{ inventory_hostname }}.rules"
+    mode: "0644"
+  delegate_to: localhost
+
+- name: Read a saved policy back into rules, checked, without a host
+  ebpf.microseg.microseg_policy:
+    state: parsed
+    running_config: "{{ lookup('ansible.builtin.file', 'policies/web1.rules') }}"
+  delegate_to: localhost
+  become: false
+  register: saved
+
+- name: Put it back on the host (a rollback to the saved text)
+  ebpf.microseg.microseg_policy:
+    rules: "{{ saved.parsed.rules }}"
+    segments: "{{ saved.parsed.segments }}"
+    default_action: "{{ saved.parsed.default_action }}"
+    tiers: "{{ saved.parsed.tiers | default(omit) }}"
+    state: overridden
+
+- name: The same from inline lines
+  ebpf.microseg.microseg_policy:
+    state: parsed
+    running_config: |
+      default egress deny
+      default ingress deny
+      segment db 10.10.2.10/32, 10.10.2.11/32
+      rule web-to-db both src 10.10.1.0/24 dst db proto tcp dport 5432 allow
+  delegate_to: localhost
+  become: false
 """
 
 RETURN = r"""
 before:
   description: Rules, segments and default actions the host held.
-  returned: always except rendered
+  returned: always except rendered and parsed
   type: dict
 after:
   description: Rules, segments and default actions the host holds now (predicted in check mode).
-  returned: always
+  returned: always except parsed
   type: dict
 generation:
   description: The policy generation in force after the run (predicted in check mode).
-  returned: always except rendered
+  returned: always except rendered and parsed
   type: int
 entry_changes:
   description: Per policy map, entries added, removed and changed against the active set, and the new total.
-  returned: always except gathered
+  returned: always except gathered and parsed
   type: dict
   sample: {"policy_map": {"added": 2, "removed": 0, "changed": 0, "entries": 2}}
 stale_entries_removed:
   description:
     - Entries a run killed before its switch had left in the inactive policy set, removed
       by this run (counted, not removed, in check mode).
-  returned: always except gathered and rendered
+  returned: always except gathered, rendered and parsed
   type: int
   sample: 0
 rendered:
@@ -246,6 +299,25 @@ gathered:
   description: The rules the host holds (same as RV(after)).
   returned: when state is gathered
   type: dict
+running_config:
+  description:
+    - The policy the host holds in the line spelling of O(running_config), one statement per
+      line; O(state=parsed) reads it back to the same RV(gathered).
+  returned: when state is gathered
+  type: str
+  sample: |
+    default egress deny
+    default ingress deny
+    segment db 10.10.2.10/32, 10.10.2.11/32
+    rule web-to-db both src 10.10.1.0/24 dst db proto tcp dport 5432 allow
+parsed:
+  description: The policy O(running_config) holds, normalized as RV(gathered) returns it.
+  returned: when state is parsed
+  type: dict
+  sample: {"rules": [{"name": "web-to-db", "direction": "both", "src": ["10.10.1.0/24"], "dst": ["db"],
+           "protocol": "tcp", "dst_ports": ["5432"], "action": "allow"}],
+           "segments": {"db": ["10.10.2.10/32", "10.10.2.11/32"]},
+           "default_action": {"egress": "deny", "ingress": "deny"}}
 saved_state:
   description: The record for the boot restore that the run wrote (would write, in check mode).
   returned: when the record was missing or outdated
@@ -292,17 +364,22 @@ def main():
             )),
             state=dict(type="str", default="merged",
                        choices=["merged", "replaced", "overridden", "deleted", "gathered",
-                                "rendered"]),
+                                "rendered", "parsed"]),
+            running_config=dict(type="str"),
             pin_path=dict(type="path", default="/sys/fs/bpf/microseg"),
             state_dir=dict(type="path", default=_saved_state.DEFAULT_STATE_DIR,
                            fallback=(env_fallback, [_saved_state.STATE_DIR_ENV])),
         ),
         supports_check_mode=True,
+        required_if=[("state", "parsed", ["running_config"])],
     )
-    if module.params["state"] != "rendered":
+    if module.params["running_config"] is not None and module.params["state"] != "parsed":
+        module.fail_json(msg="running_config is only read with state=parsed (state is %s)"
+                         % module.params["state"])
+    if module.params["state"] not in ("rendered", "parsed"):
         _privilege.require_root(module, "microseg_policy",
                                 "it locks and opens the pinned policy maps under %s (only "
-                                "state=rendered works without root)" % module.params["pin_path"])
+                                "state=rendered and state=parsed work without root)" % module.params["pin_path"])
     if not HAS_NETADDR:
         module.fail_json(msg=missing_required_lib("netaddr"), exception=NETADDR_IMPORT_ERROR)
     try:

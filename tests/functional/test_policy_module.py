@@ -316,6 +316,50 @@ def test_gathered_and_rendered(fleet):
     assert sum(len(v) for v in rendered["rendered"].values()) > 0
 
 
+def test_gathered_text_parsed_back_restores_the_same_policy_and_traffic(fleet):
+    """The saved running_config is a rollback: parsed (no host, no root) then overridden
+    brings back the policy, its generation-free view and the measured matrix."""
+    lab, pin = fleet
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    saved = converge(pin, state="gathered").task()
+    first = matrix(lab)
+    assert converge(pin, rules=[], default_action={"egress": "allow", "ingress": "allow"},
+                    state="overridden").task()["changed"] is True
+    assert matrix(lab) != first         # the allow-all policy lets more through
+
+    text = saved["running_config"]
+    assert text.splitlines()[:2] == ["default egress deny", "default ingress deny"]
+    read = converge("/nonexistent/pins", state="parsed", running_config=text).task()
+    assert read["changed"] is False
+    assert read["parsed"] == saved["gathered"]
+    back = converge(pin, rules=read["parsed"]["rules"], segments=read["parsed"]["segments"],
+                    default_action=read["parsed"]["default_action"], state="overridden")
+    assert back.task()["changed"] is True
+    assert converge(pin, state="gathered").task()["gathered"] == saved["gathered"]
+    assert matrix(lab) == first
+    again = converge(pin, rules=read["parsed"]["rules"], segments=read["parsed"]["segments"],
+                     default_action=read["parsed"]["default_action"], state="overridden")
+    assert again.task()["changed"] is False
+
+
+def test_parsed_refuses_bad_text_naming_the_line_and_touches_nothing(fleet):
+    lab, pin = fleet
+    assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
+                    state="overridden").rc == 0
+    before = generation(pin)
+    res = converge(pin, state="parsed",
+                   running_config="default egress deny\nrule a egress dst db proto tcp dport 99999 allow\n")
+    assert res.rc != 0
+    task = res.task()
+    assert task["errors"] == [
+        "rule 'a' (running_config line 2): dst[0] 'db': unknown segment (known: none)",
+        "rule 'a' (running_config line 2): dst_ports[0] 99999: port 99999 is out of range 0-65535"]
+    assert generation(pin) == before
+    misuse = converge(pin, state="gathered", running_config="rule a egress deny")
+    assert misuse.rc != 0 and "only read with state=parsed" in misuse.task()["msg"]
+
+
 def test_sigkill_mid_converge_leaves_old_policy_in_force(fleet):
     lab, pin = fleet
     assert converge(pin, rules=BASE_RULES, segments=segments(lab), default_action=DENY_ALL,
